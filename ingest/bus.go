@@ -1,0 +1,67 @@
+// Package ingest owns the bus every role talks through, the versioned wire
+// records that travel on it, and the ingester that batches events into storage.
+package ingest
+
+import (
+	"context"
+	"errors"
+)
+
+// Topics. Every per-job event (open ports, module results, job status, scanner
+// statistics) shares one topic keyed by job id, so each consumer sees a job's
+// events in the order they were published: the terminal job_status, which the
+// tracker publishes only after it has seen every result, is therefore last for
+// every consumer (stream, ingest) without cross-topic coordination.
+const (
+	TopicTasks  = "tasks"  // Task records (start, cancel); key: job id
+	TopicPorts  = "ports"  // OpenPort records for probe workers; key: ip
+	TopicEvents = "events" // Event records; key: job id
+)
+
+// Message is one record on the bus. Key chooses the partition where the bus
+// has partitions: messages with equal keys keep their order.
+type Message struct {
+	Key   []byte
+	Value []byte
+}
+
+// Delivery is a message handed to a subscriber; it must be acked once its
+// effect is durable. Unacked deliveries are redelivered to another member of
+// the group when the subscription that received them closes.
+type Delivery struct {
+	Message
+	// Offset is the message's position in its topic (per partition where the
+	// bus has partitions); informative only.
+	Offset int64
+	// Partition is 0 for buses without partitions.
+	Partition int
+	// token identifies the delivery to the subscription that handed it out.
+	Token uint64
+}
+
+// Bus is the message bus between roles: in-process (membus) on one machine,
+// Kafka at scale. Delivery is at-least-once.
+type Bus interface {
+	// Publish appends msgs to topic. It may block while consumers are behind
+	// (backpressure) and returns when ctx ends.
+	Publish(ctx context.Context, topic string, msgs ...Message) error
+	// Subscribe joins group on topic. Members of one group share the topic's
+	// messages; every group sees every message. An empty group is an
+	// ephemeral subscriber that sees only messages published after Subscribe
+	// returns and whose acks are no-ops.
+	Subscribe(ctx context.Context, topic, group string) (Subscription, error)
+	Close() error
+}
+
+// Subscription is one member of a consumer group.
+type Subscription interface {
+	// Fetch blocks for the next delivery or until ctx ends.
+	Fetch(ctx context.Context) (Delivery, error)
+	// Ack marks a delivery handled; it is not delivered to the group again.
+	Ack(ctx context.Context, d Delivery) error
+	// Close leaves the group; unacked deliveries go back to the group.
+	Close() error
+}
+
+// ErrClosed is returned by bus operations after Close.
+var ErrClosed = errors.New("bus closed")
