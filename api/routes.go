@@ -1,0 +1,162 @@
+package api
+
+import (
+	"context"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/hex"
+	"errors"
+	"net/http"
+	"strings"
+
+	"github.com/valyala/fasthttp"
+
+	"trawl/storage"
+	"trawl/stream"
+)
+
+// route is one line of the explicit route table. Segments in braces are
+// parameters, handed to the handler in order.
+type route struct {
+	method  string
+	path    []string
+	auth    bool
+	handler func(rc context.Context, ctx *fasthttp.RequestCtx, clientID string, params []string) error
+}
+
+func (s *Server) routeTable() []route {
+	r := func(method, path string, auth bool, h func(context.Context, *fasthttp.RequestCtx, string, []string) error) route {
+		return route{method: method, path: strings.Split(strings.Trim(path, "/"), "/"), auth: auth, handler: h}
+	}
+	return []route{
+		r("GET", "/health", false, s.health),
+		// BinaryEdge's seed calls /v1/login with curl and no body (a GET); POST is accepted too.
+		r("GET", "/v1/login", false, s.login),
+		r("POST", "/v1/login", false, s.login),
+		r("POST", "/v1/tasks", true, s.createTask),
+		r("GET", "/v1/tasks", true, s.listTasks),
+		r("GET", "/v1/tasks/{id}", true, s.getTask),
+		r("POST", "/v1/tasks/{id}/cancel", true, s.cancelTask),
+		r("GET", "/v1/tasks/{id}/results", true, s.taskResults),
+	}
+}
+
+// Handler dispatches a request through the route table.
+func (s *Server) Handler(ctx *fasthttp.RequestCtx) {
+	path := strings.Split(strings.Trim(string(ctx.Path()), "/"), "/")
+	method := string(ctx.Method())
+	pathMatched := false
+	for _, rt := range s.routes {
+		params, ok := matchPath(rt.path, path)
+		if !ok {
+			continue
+		}
+		pathMatched = true
+		if rt.method != method {
+			continue
+		}
+		var clientID string
+		if rt.auth {
+			id, err := s.authenticate(ctx)
+			if err != nil {
+				s.writeError(ctx, err)
+				return
+			}
+			clientID = id
+		}
+		// fasthttp's RequestCtx is not safe to use as a context.Context
+		// across its server's shutdown; handlers get their own.
+		rc, cancel := context.WithTimeout(context.Background(), s.cfg.RequestTimeout)
+		err := rt.handler(rc, ctx, clientID, params)
+		cancel()
+		if err != nil {
+			s.writeError(ctx, err)
+		}
+		return
+	}
+	if pathMatched {
+		s.writeError(ctx, &Error{Status: http.StatusMethodNotAllowed, Code: "method_not_allowed", Message: method + " is not allowed on " + string(ctx.Path())})
+		return
+	}
+	s.writeError(ctx, errNotFound("route "+string(ctx.Path())))
+}
+
+func matchPath(pattern, path []string) ([]string, bool) {
+	if len(pattern) != len(path) {
+		return nil, false
+	}
+	var params []string
+	for i, seg := range pattern {
+		if strings.HasPrefix(seg, "{") {
+			if path[i] == "" {
+				return nil, false
+			}
+			params = append(params, path[i])
+			continue
+		}
+		if seg != path[i] {
+			return nil, false
+		}
+	}
+	return params, true
+}
+
+// authenticate accepts the client token as X-Token (BinaryEdge),
+// Authorization: Bearer, or X-API-Key.
+func (s *Server) authenticate(ctx *fasthttp.RequestCtx) (string, error) {
+	token := string(ctx.Request.Header.Peek("X-Token"))
+	if token == "" {
+		if auth := string(ctx.Request.Header.Peek("Authorization")); auth != "" {
+			var ok bool
+			if token, ok = strings.CutPrefix(auth, "Bearer "); !ok {
+				return "", errUnauthorized("Authorization must be 'Bearer <token>'")
+			}
+		}
+	}
+	if token == "" {
+		token = string(ctx.Request.Header.Peek("X-API-Key"))
+	}
+	if token == "" {
+		return "", errUnauthorized("missing credentials: send X-Token (from /v1/login), Authorization: Bearer or X-API-Key")
+	}
+	clientID, err := s.deps.Tokens.Verify(token)
+	if err != nil {
+		return "", errUnauthorized("invalid or expired token; log in again at /v1/login")
+	}
+	return clientID, nil
+}
+
+func (s *Server) health(rc context.Context, ctx *fasthttp.RequestCtx, _ string, _ []string) error {
+	writeJSON(ctx, http.StatusOK, map[string]any{"status": "ok"})
+	return nil
+}
+
+// login exchanges an operator-created app id / user id pair for a client token.
+func (s *Server) login(rc context.Context, ctx *fasthttp.RequestCtx, _ string, _ []string) error {
+	appID := strings.TrimSpace(string(ctx.Request.Header.Peek("X-APP-ID")))
+	secret := strings.TrimSpace(string(ctx.Request.Header.Peek("X-USER-ID")))
+	if appID == "" || secret == "" {
+		return errUnauthorized("send both X-APP-ID and X-USER-ID (an operator creates them with 'trawl user add')")
+	}
+	u, err := s.deps.Store.UserByAppID(rc, appID)
+	if errors.Is(err, storage.ErrNotFound) {
+		return errUnauthorized("unknown X-APP-ID / X-USER-ID pair")
+	}
+	if err != nil {
+		return err
+	}
+	if subtle.ConstantTimeCompare([]byte(HashSecret(secret)), []byte(u.SecretHash)) != 1 {
+		return errUnauthorized("unknown X-APP-ID / X-USER-ID pair")
+	}
+	writeJSON(ctx, http.StatusOK, map[string]string{
+		"client_token": s.deps.Tokens.Issue(u.ID),
+		"stream_url":   stream.UserStreamURL(s.cfg.StreamURL),
+	})
+	return nil
+}
+
+// HashSecret is how a user id secret is kept: hex sha256.
+func HashSecret(secret string) string {
+	sum := sha256.Sum256([]byte(secret))
+	return hex.EncodeToString(sum[:])
+}
