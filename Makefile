@@ -1,0 +1,34 @@
+# trawl — see README.md. `make run` starts every role on this machine; `make test` runs the suite.
+GO        ?= go
+BIN       ?= bin/trawl
+DATA_DIR  ?= ./data
+# The quickstart scans this machine, so loopback is allowed; every other
+# special-purpose range stays excluded.
+RUN_FLAGS ?= --scan.allow 127.0.0.0/8
+STATICCHECK_VERSION ?= v0.8.2
+
+.PHONY: build run test test-short bench lint clean
+
+build:
+	$(GO) build -o $(BIN) .
+
+run: build
+	$(BIN) all --data-dir $(DATA_DIR) $(RUN_FLAGS)
+
+# The full suite, with the race detector (what CI runs).
+test:
+	$(GO) vet ./...
+	$(GO) test -race -count=1 -timeout 18m ./...
+
+test-short:
+	$(GO) test -count=1 -short ./...
+
+bench:
+	$(GO) test -run '^$$' -bench . -benchmem -count=1 ./...
+
+lint:
+	$(GO) vet ./...
+	$(GO) run honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION) ./...
+
+clean:
+	rm -rf bin

@@ -1,0 +1,283 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"trawl/api"
+	"trawl/engine"
+	"trawl/engine/connect"
+	"trawl/ingest"
+	"trawl/ingest/membus"
+	"trawl/probes"
+	"trawl/probes/service"
+	"trawl/storage/embedded"
+	"trawl/stream"
+)
+
+// Services, in start order; they stop in reverse, so the ingester, started
+// first, flushes last.
+const (
+	svcIngest  = "ingest"
+	svcTracker = "tracker"
+	svcWorker  = "worker"
+	svcScanner = "scanner"
+	svcStream  = "stream"
+	svcAPI     = "api"
+)
+
+var serviceOrder = []string{svcIngest, svcTracker, svcWorker, svcScanner, svcStream, svcAPI}
+
+// roles maps a role to the services it runs; "all" is the union. The job
+// tracker runs with the API because it writes the API's job metadata.
+var roles = map[string][]string{
+	"all":     serviceOrder,
+	"api":     {svcTracker, svcAPI},
+	"stream":  {svcStream},
+	"scanner": {svcScanner},
+	"worker":  {svcWorker},
+	"ingest":  {svcIngest},
+}
+
+func isRole(name string) bool { _, ok := roles[name]; return ok }
+
+// service is one long-running part of a role.
+type roleService struct {
+	name string
+	run  func(ctx context.Context) error
+}
+
+// App holds the wired parts of one role.
+type App struct {
+	cfg      *Config
+	log      zerolog.Logger
+	services []roleService
+	closers  []func() error
+	apiSrv   *api.Server
+	streamSv *stream.Server
+}
+
+// modules is the explicit list of probe modules this build runs.
+func modules(cfg *Config) (*probes.Registry, error) {
+	return probes.NewRegistry(service.New(cfg.Service))
+}
+
+// newApp wires role from cfg. Roles other than "all" need a network bus:
+// with the in-process bus they would each see only themselves.
+func newApp(role string, cfg *Config, log zerolog.Logger) (*App, error) {
+	want, ok := roles[role]
+	if !ok {
+		return nil, fmt.Errorf("unknown role %q", role)
+	}
+	if cfg.Bus == BusMemory && role != "all" {
+		return nil, fmt.Errorf("role %q runs as its own process and needs a network bus (--bus kafka) to reach the other roles; the in-process bus (--bus memory) only joins roles inside 'trawl all'", role)
+	}
+	if cfg.Bus == BusKafka {
+		return nil, errors.New("the kafka bus is not available in this build yet; run 'trawl all' with --bus memory")
+	}
+	if cfg.Store == StoreCH {
+		return nil, errors.New("the clickhouse store is not available in this build yet; use --store embedded")
+	}
+	app := &App{cfg: cfg, log: log}
+	need := map[string]bool{}
+	for _, s := range want {
+		need[s] = true
+	}
+	if need[svcAPI] && cfg.API.StreamURL == "" {
+		if !need[svcStream] {
+			return nil, errors.New("api.stream-url is required when the stream servers run as their own processes")
+		}
+		cfg.API.StreamURL = cfg.Stream.PublicURL
+		if cfg.API.StreamURL == "" {
+			cfg.API.StreamURL = "http://" + cfg.Stream.Listen
+		}
+	}
+
+	bus := membus.New(cfg.Membus, log.With().Str("component", "membus").Logger())
+	app.closers = append(app.closers, bus.Close)
+
+	dbPath := filepath.Join(cfg.DataDir, "trawl.db")
+	store, err := embedded.Open(context.Background(), dbPath, log.With().Str("component", "store").Logger())
+	if err != nil {
+		return nil, fmt.Errorf("cannot open the embedded store at %s: %w", dbPath, err)
+	}
+	app.closers = append(app.closers, store.Close)
+
+	var tokens *api.Tokens
+	if need[svcAPI] || need[svcStream] {
+		secret, err := loadSecret(cfg.secretPath())
+		if err != nil {
+			return nil, err
+		}
+		if tokens, err = api.NewTokens(secret, cfg.API.TokenTTL); err != nil {
+			return nil, err
+		}
+	}
+	policy, err := cfg.Policy.Build()
+	if err != nil {
+		return nil, err
+	}
+	reg, err := modules(cfg)
+	if err != nil {
+		return nil, err
+	}
+	logFor := func(name string) zerolog.Logger { return log.With().Str("component", name).Logger() }
+
+	for _, name := range serviceOrder {
+		if !need[name] {
+			continue
+		}
+		var run func(context.Context) error
+		switch name {
+		case svcIngest:
+			run = ingest.NewIngester(cfg.Ingest, bus, store, logFor(name)).Run
+		case svcTracker:
+			run = api.NewTracker(bus, store, logFor(name)).Run
+		case svcWorker:
+			run = probes.NewWorker(cfg.Worker, bus, reg, logFor(name)).Run
+		case svcScanner:
+			connectCfg := cfg.Connect
+			newTransport := func() (engine.Transport, error) { return connect.New(connectCfg), nil }
+			run = engine.NewScanner(cfg.Scanner, bus, policy, newTransport, logFor(name)).Run
+		case svcStream:
+			app.streamSv = stream.New(cfg.Stream, bus, store, tokens.Verify, logFor(name))
+			run = app.streamSv.Run
+		case svcAPI:
+			app.apiSrv = api.New(cfg.API, api.Deps{Bus: bus, Store: store, Policy: policy, Resolver: net.DefaultResolver,
+				Tokens: tokens, Modules: reg.Names()}, logFor(name))
+			run = app.apiSrv.Run
+		}
+		app.services = append(app.services, roleService{name: name, run: run})
+	}
+	return app, nil
+}
+
+// Run starts every service and, when ctx ends or one of them fails, stops
+// them in reverse start order, each after the one started after it.
+func (a *App) Run(ctx context.Context) error {
+	type running struct {
+		name   string
+		cancel context.CancelFunc
+		done   chan error
+	}
+	exited := make(chan string, len(a.services))
+	var all []running
+	for _, s := range a.services {
+		sctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+		r := running{name: s.name, cancel: cancel, done: make(chan error, 1)}
+		go func(run func(context.Context) error) {
+			err := run(sctx)
+			r.done <- err
+			exited <- r.name
+		}(s.run)
+		all = append(all, r)
+	}
+	go a.announce(ctx)
+
+	var first error
+	select {
+	case <-ctx.Done():
+	case name := <-exited:
+		for _, r := range all {
+			if r.name == name {
+				err := <-r.done
+				r.done <- err
+				if err == nil {
+					err = errors.New("stopped unexpectedly")
+				}
+				first = fmt.Errorf("%s: %w", name, err)
+			}
+		}
+		a.log.Error().Err(first).Msg("a service failed; stopping the others")
+	}
+	for i := len(all) - 1; i >= 0; i-- {
+		r := all[i]
+		r.cancel()
+		select {
+		case err := <-r.done:
+			if err != nil && first == nil {
+				first = fmt.Errorf("%s: %w", r.name, err)
+			}
+		case <-time.After(15 * time.Second):
+			a.log.Warn().Str("service", r.name).Msg("service did not stop within 15s")
+		}
+	}
+	for i := len(a.closers) - 1; i >= 0; i-- {
+		if err := a.closers[i](); err != nil {
+			a.log.Warn().Err(err).Msg("close")
+		}
+	}
+	a.log.Info().Msg("stopped")
+	return first
+}
+
+// announce logs where the listeners are and what to do next.
+func (a *App) announce(ctx context.Context) {
+	var apiAddr, streamAddr string
+	if a.apiSrv != nil {
+		apiAddr = a.apiSrv.Addr(ctx)
+	}
+	if a.streamSv != nil {
+		select {
+		case <-a.streamSv.Ready():
+			streamAddr = a.streamSv.Addr()
+		case <-ctx.Done():
+			return
+		}
+	}
+	if ctx.Err() != nil || apiAddr == "" {
+		return
+	}
+	ev := a.log.Info().Str("api", "http://"+apiAddr).Str("data_dir", a.cfg.DataDir)
+	if streamAddr != "" {
+		ev = ev.Str("stream", "http://"+streamAddr)
+	}
+	ev.Msg("trawl is ready")
+	a.log.Info().Msgf("next: create an account with `trawl user add --data-dir %s --name you`, then "+
+		"`curl http://%s/v1/login -H 'X-APP-ID: …' -H 'X-USER-ID: …'` (README: quickstart)", a.cfg.DataDir, apiAddr)
+}
+
+// loadSecret reads the token signing secret, creating it (0600) if missing.
+func loadSecret(path string) ([]byte, error) {
+	b, err := os.ReadFile(path)
+	if err == nil {
+		s := strings.TrimSpace(string(b))
+		if len(s) < 32 {
+			return nil, fmt.Errorf("token secret %s: shorter than 32 characters", path)
+		}
+		return []byte(s), nil
+	}
+	if !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("cannot read token secret: %w", err)
+	}
+	raw := make([]byte, 32)
+	if _, err := rand.Read(raw); err != nil {
+		return nil, err
+	}
+	s := hex.EncodeToString(raw)
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return nil, fmt.Errorf("cannot create token secret: %w", err)
+	}
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if errors.Is(err, os.ErrExist) {
+		return loadSecret(path) // another process created it first
+	}
+	if err != nil {
+		return nil, fmt.Errorf("cannot create token secret: %w", err)
+	}
+	defer f.Close()
+	if _, err := f.WriteString(s + "\n"); err != nil {
+		return nil, fmt.Errorf("cannot write token secret: %w", err)
+	}
+	return []byte(s), nil
+}
