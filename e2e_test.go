@@ -185,14 +185,21 @@ func ndjson(t *testing.T, ctx context.Context, url, token string) <-chan []byte 
 
 // collectJob reads job events until the stream ends or the terminal event.
 func collectJob(t *testing.T, lines <-chan []byte, timeout time.Duration) []ingest.Event {
+	events, _ := collectJobTimed(t, lines, timeout)
+	return events
+}
+
+// collectJobTimed also returns when the first event arrived.
+func collectJobTimed(t *testing.T, lines <-chan []byte, timeout time.Duration) ([]ingest.Event, time.Time) {
 	t.Helper()
 	var events []ingest.Event
+	var first time.Time
 	deadline := time.After(timeout)
 	for {
 		select {
 		case line, ok := <-lines:
 			if !ok {
-				return events
+				return events, first
 			}
 			var e ingest.Event
 			if err := json.Unmarshal(line, &e); err != nil {
@@ -201,9 +208,12 @@ func collectJob(t *testing.T, lines <-chan []byte, timeout time.Duration) []inge
 			if e.ID == "" { // heartbeat
 				continue
 			}
+			if first.IsZero() {
+				first = time.Now()
+			}
 			events = append(events, e)
 			if e.Terminal() {
-				return events
+				return events, first
 			}
 		case <-deadline:
 			t.Fatalf("job stream: no terminal event within %s; got %d events", timeout, len(events))
@@ -258,8 +268,15 @@ func TestEndToEndScanJob(t *testing.T) {
 	if !strings.HasPrefix(created.JobID, "job_") || created.StreamURL != env.stream+"/v1/stream/jobs/"+created.JobID {
 		t.Fatalf("task response %+v", created)
 	}
-	jobEvents := collectJob(t, ndjson(t, ctx, created.StreamURL, login.ClientToken), 60*time.Second)
-	t.Logf("job finished %s after submission with %d events", time.Since(submitted), len(jobEvents))
+	jobEvents, first := collectJobTimed(t, ndjson(t, ctx, created.StreamURL, login.ClientToken), 60*time.Second)
+	t.Logf("first event %s after submission; job finished %s after submission with %d events",
+		first.Sub(submitted), time.Since(submitted), len(jobEvents))
+	for _, e := range jobEvents {
+		if e.Origin.Type == "port" {
+			t.Logf("first open port published %s after submission (origin.ts)", time.UnixMilli(e.Origin.TS).Sub(submitted).Round(time.Millisecond))
+			break
+		}
+	}
 
 	// 4. what the job stream carried.
 	last := jobEvents[len(jobEvents)-1]
