@@ -257,11 +257,11 @@ func runScan(ctx context.Context, args []string, stdout, stderr io.Writer, geten
 		case e.Origin.Type == ingest.TypePort:
 			open++
 			bar.clear()
-			stdout.Write(append(d.Value, '\n'))
+			stdout.Write(append(ingest.WithCursor(nil, d.Value, d.Cursor()), '\n'))
 		case e.Origin.Module == ingest.ModuleGrabber:
 			results++
 			bar.clear()
-			stdout.Write(append(d.Value, '\n'))
+			stdout.Write(append(ingest.WithCursor(nil, d.Value, d.Cursor()), '\n'))
 		}
 	}
 	res := <-done

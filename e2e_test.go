@@ -15,22 +15,44 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"trawl/ingest"
 )
 
+var built struct {
+	once sync.Once
+	dir  string
+	bin  string
+	err  error
+}
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if built.dir != "" {
+		os.RemoveAll(built.dir)
+	}
+	os.Exit(code)
+}
+
 // buildTrawl builds the real binary once per test run.
 func buildTrawl(t *testing.T) string {
 	t.Helper()
-	bin := filepath.Join(t.TempDir(), "trawl")
-	cmd := exec.Command("go", "build", "-o", bin, ".")
-	cmd.Stderr = os.Stderr
-	if err := cmd.Run(); err != nil {
-		t.Fatalf("go build: %v", err)
+	built.once.Do(func() {
+		if built.dir, built.err = os.MkdirTemp("", "trawl-e2e-"); built.err != nil {
+			return
+		}
+		built.bin = filepath.Join(built.dir, "trawl")
+		cmd := exec.Command("go", "build", "-o", built.bin, ".")
+		cmd.Stderr = os.Stderr
+		built.err = cmd.Run()
+	})
+	if built.err != nil {
+		t.Fatalf("go build: %v", built.err)
 	}
-	return bin
+	return built.bin
 }
 
 func freePort(t *testing.T) int {
@@ -50,6 +72,38 @@ func greeter(t *testing.T, banner string) int {
 	if err != nil {
 		t.Fatal(err)
 	}
+	serveGreeting(t, ln, banner)
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+// greeterOn listens on port of 127.0.0.1 … 127.0.0.n (a port free on all).
+func greeterOn(t *testing.T, n int, banner string) int {
+	t.Helper()
+	for attempt := 0; attempt < 20; attempt++ {
+		port := freePort(t)
+		var lns []net.Listener
+		for i := 1; i <= n; i++ {
+			ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.%d:%d", i, port))
+			if err != nil {
+				break
+			}
+			lns = append(lns, ln)
+		}
+		if len(lns) == n {
+			for _, ln := range lns {
+				serveGreeting(t, ln, banner)
+			}
+			return port
+		}
+		for _, ln := range lns {
+			ln.Close()
+		}
+	}
+	t.Fatal("no port free on every loopback address")
+	return 0
+}
+
+func serveGreeting(t *testing.T, ln net.Listener, banner string) {
 	t.Cleanup(func() { ln.Close() })
 	go func() {
 		for {
@@ -65,7 +119,6 @@ func greeter(t *testing.T, banner string) int {
 			}()
 		}
 	}()
-	return ln.Addr().(*net.TCPAddr).Port
 }
 
 type e2eEnv struct {
@@ -218,6 +271,100 @@ func collectJobTimed(t *testing.T, lines <-chan []byte, timeout time.Duration) (
 		case <-deadline:
 			t.Fatalf("job stream: no terminal event within %s; got %d events", timeout, len(events))
 		}
+	}
+}
+
+// login returns a client token for env's user.
+func (env *e2eEnv) login(t *testing.T) (token, streamURL string) {
+	t.Helper()
+	var login struct {
+		ClientToken string `json:"client_token"`
+		StreamURL   string `json:"stream_url"`
+	}
+	if code := doJSON(t, "GET", env.api+"/v1/login", "", map[string]string{"X-APP-ID": env.appID, "X-USER-ID": env.userID}, "", &login); code != 200 {
+		t.Fatalf("login: status %d", code)
+	}
+	return login.ClientToken, login.StreamURL
+}
+
+// submit posts a task and returns its job stream's events up to the terminal one.
+func (env *e2eEnv) submit(t *testing.T, ctx context.Context, token, body string) (string, []ingest.Event) {
+	t.Helper()
+	var created struct {
+		StreamURL string `json:"stream_url"`
+		JobID     string `json:"job_id"`
+	}
+	if code := doJSON(t, "POST", env.api+"/v1/tasks", token, nil, body, &created); code != 200 {
+		t.Fatalf("POST /v1/tasks: status %d", code)
+	}
+	return created.JobID, collectJob(t, ndjson(t, ctx, created.StreamURL, token), 60*time.Second)
+}
+
+func terminalStatus(t *testing.T, events []ingest.Event) ingest.JobStatus {
+	t.Helper()
+	last := events[len(events)-1]
+	var s ingest.JobStatus
+	if last.Origin.Type != "job_status" || json.Unmarshal(last.Result.Data, &s) != nil || !ingest.Terminal(s.Status) {
+		t.Fatalf("last event is not a terminal job_status: %s %s", last.Origin.Type, last.Result.Data)
+	}
+	return s
+}
+
+func TestEndToEndGrabSampleCancel(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs the binary")
+	}
+	a := greeter(t, "SSH-2.0-OpenSSH_9.2p1\r\n")
+	b := greeter(t, "220 ftp ready\r\n")
+	env := startTrawl(t)
+	token, _ := env.login(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+
+	// grab: modules on the given ip:ports, no sweep, so no port events.
+	_, events := env.submit(t, ctx, token, fmt.Sprintf(`{"type":"grab","options":[{"targets":["127.0.0.1"],"ports":[{"port":%d,"modules":["service"]},{"port":%d,"module":"service"}]}]}`, a, b))
+	if s := terminalStatus(t, events); s.Status != "succeeded" || s.Counts.Results != 2 {
+		t.Fatalf("grab terminal %+v", s)
+	}
+	for _, e := range events {
+		if e.Origin.Type == "port" {
+			t.Fatalf("a grab job swept ports: %+v", e.Target)
+		}
+	}
+
+	// sample: 127.0.0.1-127.0.0.9 all answer on the greeter's port; sample 3 stops after three.
+	many := greeterOn(t, 9, "hello\r\n")
+	_, events = env.submit(t, ctx, token, fmt.Sprintf(`{"type":"scan","options":[{"targets":["127.0.0.1-127.0.0.9"],"ports":[{"port":%d,"sample":3}]}]}`, many))
+	var open int
+	for _, e := range events {
+		if e.Origin.Type == "port" {
+			open++
+		}
+	}
+	if s := terminalStatus(t, events); s.Status != "succeeded" || open != 3 || s.Counts.OpenPorts != 3 {
+		t.Fatalf("sample 3: %d port events, terminal %+v", open, s)
+	}
+
+	// cancel: a slow sweep of 65k probes at 50 probes/s, canceled while running.
+	var created struct {
+		StreamURL string `json:"stream_url"`
+		JobID     string `json:"job_id"`
+	}
+	doJSON(t, "POST", env.api+"/v1/tasks", token, nil, `{"rate":50,"options":[{"targets":["127.0.0.0/24"],"ports":[{"port":"1-256"}]}]}`, &created)
+	lines := ndjson(t, ctx, created.StreamURL, token)
+	time.Sleep(300 * time.Millisecond)
+	var resp map[string]any
+	if code := doJSON(t, "POST", env.api+"/v1/tasks/"+created.JobID+"/cancel", token, nil, "", &resp); code != 202 {
+		t.Fatalf("cancel: %d %v", code, resp)
+	}
+	events = collectJob(t, lines, 30*time.Second)
+	if s := terminalStatus(t, events); s.Status != "canceled" {
+		t.Fatalf("canceled job ended %+v", s)
+	}
+	var job struct{ State string }
+	doJSON(t, "GET", env.api+"/v1/tasks/"+created.JobID, token, nil, "", &job)
+	if job.State != "canceled" {
+		t.Fatalf("GET after cancel: state %s", job.State)
 	}
 }
 
@@ -462,8 +609,8 @@ func TestEndToEndScanCLI(t *testing.T) {
 		if err := json.Unmarshal([]byte(line), &e); err != nil {
 			t.Fatalf("stdout line is not an event: %q", line)
 		}
-		if e.Target.Port != port {
-			t.Fatalf("reported port %d, only %d is open", e.Target.Port, port)
+		if e.Target.Port != port || !strings.HasPrefix(e.ID, "ev_") {
+			t.Fatalf("reported port %d (id %q), only %d is open", e.Target.Port, e.ID, port)
 		}
 		types = append(types, e.Origin.Type)
 	}

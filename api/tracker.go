@@ -351,12 +351,11 @@ func (t *Tracker) publishStatus(ctx context.Context, st *trackedJob, reason stri
 		return err
 	}
 	e := ingest.Event{
-		ID: ingest.NewID("ev_"),
+		RecordID: ingest.NewID("rec_"),
 		Origin: ingest.Origin{JobID: st.job.ID, ClientID: st.job.ClientID, Type: ingest.TypeJobStatus,
 			Module: ingest.ModuleJob, TS: time.Now().UnixMilli()},
 		Result: ingest.Result{Data: data},
 	}
-	e.RecordID = e.ID
 	if ingest.Terminal(st.job.State) {
 		e.RecordID = ingest.RecordID(st.job.ID, ingest.TypeJobStatus, "terminal")
 	}

@@ -519,7 +519,6 @@ func (j *jobPublisher) finish(final ingest.ScanStats) bool {
 func (j *jobPublisher) open(space *Space, o Open) {
 	ip := FormatIP(o.IP)
 	ev := ingest.Event{
-		ID:       ingest.NewID("ev_"),
 		RecordID: ingest.RecordID(j.jobID, ingest.TypePort, ip, strconv.Itoa(int(o.Port))),
 		Origin: ingest.Origin{
 			JobID: j.jobID, ClientID: j.client, Type: ingest.TypePort, Module: ingest.ModulePortscan,
@@ -607,7 +606,6 @@ func (j *jobPublisher) statsMessage(st ingest.ScanStats) (ingest.Message, error)
 		return ingest.Message{}, fmt.Errorf("cannot encode scan_stats: %w", err)
 	}
 	ev := ingest.Event{
-		ID: ingest.NewID("ev_"),
 		Origin: ingest.Origin{
 			JobID: j.jobID, ClientID: j.client, Type: ingest.TypeScanStats, Module: ingest.ModuleScanner,
 			TS: time.Now().UnixMilli(),
@@ -618,7 +616,7 @@ func (j *jobPublisher) statsMessage(st ingest.ScanStats) (ingest.Message, error)
 	if st.Done {
 		ev.RecordID = ingest.RecordID(j.jobID, ingest.TypeScanStats, shard, "done")
 	} else {
-		ev.RecordID = ingest.RecordID(j.jobID, ingest.TypeScanStats, shard, ev.ID)
+		ev.RecordID = ingest.NewID("rec_")
 	}
 	return ingest.EventMessage(&ev)
 }

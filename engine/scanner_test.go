@@ -247,7 +247,7 @@ func TestRunJobScan(t *testing.T) {
 		}
 		if e.Origin.Type != ingest.TypePort || e.Origin.Module != ingest.ModulePortscan || e.Origin.ClientID != "usr_1" ||
 			e.Origin.IP != "198.18.255.254" || e.Origin.Port != 41000 || e.Origin.TS == 0 ||
-			e.Target.Protocol != "tcp" || string(e.Result.Data) != `{"response":"synack"}` || !strings.HasPrefix(e.ID, "ev_") {
+			e.Target.Protocol != "tcp" || string(e.Result.Data) != `{"response":"synack"}` || e.ID != "" {
 			t.Fatalf("port event %+v", e)
 		}
 		key := e.Target.IP + ":" + strconv.Itoa(e.Target.Port)

@@ -4,6 +4,7 @@ package ingest
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 )
 
@@ -35,8 +36,30 @@ type Delivery struct {
 	Offset int64
 	// Partition is 0 for buses without partitions.
 	Partition int
-	// token identifies the delivery to the subscription that handed it out.
+	// Epoch tells runs of a bus whose offsets restart apart (membus: the
+	// unix milliseconds it started); 0 where offsets are durable (Kafka).
+	Epoch int64
+	// Token identifies the delivery to the subscription that handed it out.
 	Token uint64
+}
+
+// Cursor is the event id of a delivery: its position in the topic, as
+// "ev_" + 26 base32 digits of (epoch, partition, offset), so ids sort in the
+// order the topic holds the events. Every consumer of a message derives the
+// same id from it — the ingester stores it, the stream servers send it —
+// which makes `since=<id>` resume exactly where a client stopped, whatever
+// order the producers generated their events in. (Across the partitions of
+// a partitioned bus the ids order per partition; a job's events share one.)
+func (d Delivery) Cursor() string {
+	var b [16]byte
+	binary.BigEndian.PutUint16(b[0:2], uint16(uint64(d.Epoch)>>32))
+	binary.BigEndian.PutUint32(b[2:6], uint32(d.Epoch))
+	binary.BigEndian.PutUint16(b[6:8], uint16(d.Partition))
+	binary.BigEndian.PutUint64(b[8:16], uint64(d.Offset))
+	out := make([]byte, 3+26)
+	copy(out, "ev_")
+	encodeBase32(out[3:], b)
+	return string(out)
 }
 
 // Bus is the message bus between roles: in-process (membus) on one machine,

@@ -276,6 +276,7 @@ type decodedEvent struct {
 func decode(d Delivery) decodedEvent {
 	de := decodedEvent{d: d}
 	if de.err = Decode(d.Value, &de.e); de.err == nil {
+		de.e.ID = d.Cursor()
 		de.terminal = de.e.Terminal()
 	}
 	return de
@@ -295,10 +296,9 @@ func (i *Ingester) add(b *batch, de *decodedEvent) {
 		i.invalidLog.Warn().Err(de.err).Int64("offset", off).Msg("skipping undecodable event")
 	case e.Internal():
 		// Bookkeeping between roles (scanner statistics); not stored.
-	case e.ID == "" || e.Origin.JobID == "":
+	case e.Origin.JobID == "":
 		i.invalid.Add(1)
-		i.invalidLog.Warn().Int64("offset", off).Str("id", e.ID).Str("job_id", e.Origin.JobID).
-			Msg("skipping event without id or job id")
+		i.invalidLog.Warn().Int64("offset", off).Str("id", e.ID).Msg("skipping event without a job id")
 	case i.finished.contains(e.Origin.JobID):
 		// Keeps "the terminal job_status is last" true in storage when a
 		// worker's result straggles in after the job finished.

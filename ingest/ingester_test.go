@@ -58,15 +58,22 @@ func (w *memWriter) batchSizes() []int {
 	return sizes
 }
 
-// ids returns the ids of every stored event, in insert order.
-func (w *memWriter) ids() []string {
+// stored returns every stored event, in insert order.
+func (w *memWriter) stored() []ingest.Event {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	var ids []string
+	var events []ingest.Event
 	for _, b := range w.batches {
-		for _, e := range b {
-			ids = append(ids, e.ID)
-		}
+		events = append(events, b...)
+	}
+	return events
+}
+
+// recordIDs returns the record ids of every stored event, in insert order.
+func (w *memWriter) recordIDs() []string {
+	var ids []string
+	for _, e := range w.stored() {
+		ids = append(ids, e.RecordID)
 	}
 	return ids
 }
@@ -75,6 +82,29 @@ func (w *memWriter) ids() []string {
 type spyBus struct {
 	ingest.Bus
 	fetched, acked atomic.Int64
+
+	mu sync.Mutex
+	// cursors holds the cursors of the deliveries fetched for each record id
+	// (decodable events only), in fetch order.
+	cursors map[string][]string
+}
+
+// cursorOf returns the cursor of the deliveries fetched for recordID; every
+// delivery of the message (a redelivery too) must carry the same one.
+func (b *spyBus) cursorOf(t *testing.T, recordID string) string {
+	t.Helper()
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	cs := b.cursors[recordID]
+	if len(cs) == 0 {
+		t.Fatalf("no delivery of record %s was fetched", recordID)
+	}
+	for _, c := range cs[1:] {
+		if c != cs[0] {
+			t.Fatalf("deliveries of record %s carry cursors %v, want one", recordID, cs)
+		}
+	}
+	return cs[0]
 }
 
 type spySub struct {
@@ -93,6 +123,12 @@ func (b *spyBus) Subscribe(ctx context.Context, topic, group string) (ingest.Sub
 func (s *spySub) Fetch(ctx context.Context) (ingest.Delivery, error) {
 	d, err := s.Subscription.Fetch(ctx)
 	if err == nil {
+		var e ingest.Event
+		if ingest.Decode(d.Value, &e) == nil {
+			s.bus.mu.Lock()
+			s.bus.cursors[e.RecordID] = append(s.bus.cursors[e.RecordID], d.Cursor())
+			s.bus.mu.Unlock()
+		}
 		s.bus.fetched.Add(1)
 	}
 	return d, err
@@ -110,7 +146,31 @@ func newSpyBus(t *testing.T) *spyBus {
 	t.Helper()
 	b := membus.New(membus.Config{QueueSize: 1024}, zerolog.Nop())
 	t.Cleanup(func() { _ = b.Close() })
-	return &spyBus{Bus: b}
+	return &spyBus{Bus: b, cursors: make(map[string][]string)}
+}
+
+// wantStored checks that w stored exactly the events with the record ids
+// want, in that (publish) order, each with the cursor of its delivery as
+// its id: ids strictly increasing, in topic order.
+func wantStored(t *testing.T, w *memWriter, bus *spyBus, want []string) {
+	t.Helper()
+	stored := w.stored()
+	if got := w.recordIDs(); !slices.Equal(got, want) {
+		t.Fatalf("stored record ids = %v, want %v", got, want)
+	}
+	prev := ""
+	for i, e := range stored {
+		if cursor := bus.cursorOf(t, e.RecordID); e.ID != cursor {
+			t.Fatalf("event %d (record %s) stored with id %q, want its delivery's cursor %q", i, e.RecordID, e.ID, cursor)
+		}
+		if !strings.HasPrefix(e.ID, "ev_") || len(e.ID) != len("ev_")+26 {
+			t.Fatalf("event %d stored with id %q, want ev_ and 26 digits", i, e.ID)
+		}
+		if e.ID <= prev {
+			t.Fatalf("event %d stored with id %q after %q, want ids increasing in publish order", i, e.ID, prev)
+		}
+		prev = e.ID
+	}
 }
 
 // running is an ingester started in the background.
@@ -161,7 +221,6 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 
 func portEvent(job string, port int) *ingest.Event {
 	return &ingest.Event{
-		ID:       ingest.NewID("evt_"),
 		RecordID: ingest.RecordID(job, "198.18.0.1", fmt.Sprint(port), ingest.ModulePortscan),
 		Origin: ingest.Origin{JobID: job, ClientID: "usr_test", Type: ingest.TypePort, Module: ingest.ModulePortscan,
 			TS: time.Now().UnixMilli(), IP: "198.18.0.1", Port: port},
@@ -177,7 +236,6 @@ func statusEvent(t *testing.T, job, state string) *ingest.Event {
 		t.Fatal(err)
 	}
 	return &ingest.Event{
-		ID:       ingest.NewID("evt_"),
 		RecordID: ingest.RecordID(job, ingest.TypeJobStatus, state),
 		Origin: ingest.Origin{JobID: job, ClientID: "usr_test", Type: ingest.TypeJobStatus, Module: ingest.ModuleJob,
 			TS: time.Now().UnixMilli()},
@@ -194,13 +252,14 @@ func encode(t *testing.T, e *ingest.Event) ingest.Message {
 	return m
 }
 
+// publishEvents publishes events in one batch and returns their record ids.
 func publishEvents(t *testing.T, bus ingest.Bus, events ...*ingest.Event) []string {
 	t.Helper()
 	msgs := make([]ingest.Message, len(events))
 	ids := make([]string, len(events))
 	for i, e := range events {
 		msgs[i] = encode(t, e)
-		ids[i] = e.ID
+		ids[i] = e.RecordID
 	}
 	publishRaw(t, bus, msgs...)
 	return ids
@@ -274,9 +333,7 @@ func TestIngesterFlushesOnSize(t *testing.T) {
 	if sizes := w.batchSizes(); !slices.Equal(sizes, []int{10, 10, 5}) {
 		t.Fatalf("batches = %v, want [10 10 5]", sizes)
 	}
-	if ids := w.ids(); !slices.Equal(ids, want) {
-		t.Fatalf("stored ids = %v, want %v", ids, want)
-	}
+	wantStored(t, w, bus, want)
 	if got := r.ing.Stats(); got != (ingest.IngesterStats{Stored: 25}) {
 		t.Fatalf("Stats = %+v, want Stored 25", got)
 	}
@@ -301,22 +358,18 @@ func TestIngesterFlushesOnInterval(t *testing.T) {
 	}
 	// On a loaded machine the timer may fire before all three are fetched;
 	// then the rest follow in the next interval.
-	waitFor(t, "3 events stored", func() bool { return len(w.ids()) == 3 })
-	if ids := w.ids(); !slices.Equal(ids, want) {
-		t.Fatalf("stored ids = %v, want %v", ids, want)
-	}
+	waitFor(t, "3 events stored", func() bool { return len(w.stored()) == 3 })
+	wantStored(t, w, bus, want)
 	waitFor(t, "3 acks", func() bool { return bus.acked.Load() == 3 })
 
 	// The timer re-arms for the next batch.
 	batches := len(w.batchSizes())
 	more := publishEvents(t, bus, portEvents("job_interval2", 2)...)
-	waitFor(t, "2 more events stored", func() bool { return len(w.ids()) == 5 })
+	waitFor(t, "2 more events stored", func() bool { return len(w.stored()) == 5 })
 	if n := len(w.batchSizes()); n <= batches {
 		t.Fatalf("writer got %d batches, want more than %d", n, batches)
 	}
-	if ids := w.ids(); !slices.Equal(ids, append(want, more...)) {
-		t.Fatalf("stored ids = %v", ids)
-	}
+	wantStored(t, w, bus, slices.Concat(want, more))
 }
 
 func TestIngesterRetriesInsertWithoutAckingEarly(t *testing.T) {
@@ -344,9 +397,7 @@ func TestIngesterRetriesInsertWithoutAckingEarly(t *testing.T) {
 	if calls != 3+batches {
 		t.Fatalf("writer called %d times for %d batches, want 3 failures + one success per batch", calls, batches)
 	}
-	if ids := w.ids(); !slices.Equal(ids, want) {
-		t.Fatalf("stored ids = %v, want %v", ids, want)
-	}
+	wantStored(t, w, bus, want)
 	if got := r.ing.Stats(); got.Stored != 20 {
 		t.Fatalf("Stats = %+v, want Stored 20", got)
 	}
@@ -382,10 +433,10 @@ func TestIngesterLeavesUnstoredEventsForTheNextIngester(t *testing.T) {
 	// The group redelivers them to the next ingester.
 	up := &memWriter{}
 	second := startIngester(t, cfg, bus, up)
-	waitFor(t, "redelivered events stored", func() bool { return len(up.ids()) == len(want) })
-	if ids := up.ids(); !slices.Equal(ids, want) {
-		t.Fatalf("stored ids = %v, want %v", ids, want)
-	}
+	waitFor(t, "redelivered events stored", func() bool { return len(up.stored()) == len(want) })
+	// The redeliveries carry the cursors of the first deliveries (cursorOf
+	// checks), so the second ingester stores the ids the first would have.
+	wantStored(t, up, bus, want)
 	if err := second.stop(); err != nil {
 		t.Fatalf("Run: %v", err)
 	}
@@ -407,10 +458,7 @@ func TestIngesterDropsEventsAfterTerminalStatus(t *testing.T) {
 	publishEvents(t, bus, portA, running, done, late, lateStatus, otherJob)
 
 	waitFor(t, "all acks", func() bool { return bus.acked.Load() == 6 })
-	want := []string{portA.ID, running.ID, done.ID, otherJob.ID}
-	if ids := w.ids(); !slices.Equal(ids, want) {
-		t.Fatalf("stored ids = %v, want %v", ids, want)
-	}
+	wantStored(t, w, bus, []string{portA.RecordID, running.RecordID, done.RecordID, otherJob.RecordID})
 	if got := r.ing.Stats(); got != (ingest.IngesterStats{Stored: 4, Dropped: 2}) {
 		t.Fatalf("Stats = %+v, want Stored 4 Dropped 2", got)
 	}
@@ -430,29 +478,38 @@ func TestIngesterSkipsInternalAndInvalidEvents(t *testing.T) {
 	cfg.FlushInterval = 10 * time.Millisecond
 	r := startIngester(t, cfg, bus, w)
 
-	stats := &ingest.Event{ID: ingest.NewID("evt_"), Origin: ingest.Origin{JobID: "job_i", Type: ingest.TypeScanStats,
+	stats := &ingest.Event{Origin: ingest.Origin{JobID: "job_i", Type: ingest.TypeScanStats,
 		Module: ingest.ModuleScanner}, Result: ingest.Result{Data: json.RawMessage(`{"shard":0}`)}}
-	noID := portEvent("job_i", 1)
-	noID.ID = ""
-	valid := portEvent("job_i", 2)
+	noJob := portEvent("", 1)
+	noID := portEvent("job_i", 2) // the normal case: producers leave ids to the bus
+	// A producer that still writes an id (an older build) is overruled by
+	// the delivery's cursor.
+	withID := portEvent("job_i", 3)
+	withID.ID = ingest.NewID("evt_")
+	withIDValue, err := ingest.Encode(nil, withID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(withIDValue), withID.ID) {
+		t.Fatalf("raw event %s does not carry the producer's id", withIDValue)
+	}
 	publishRaw(t, bus,
 		encode(t, stats),
 		ingest.Message{Key: []byte("job_i"), Value: []byte("not json")},
-		ingest.Message{Key: []byte("job_i"), Value: []byte(`{"v":99,"id":"evt_future","origin":{"job_id":"job_i"}}`)},
+		ingest.Message{Key: []byte("job_i"), Value: []byte(`{"v":99,"origin":{"job_id":"job_i"}}`)},
+		encode(t, noJob),
 		encode(t, noID),
-		encode(t, valid),
+		ingest.Message{Key: []byte("job_i"), Value: withIDValue},
 	)
-	waitFor(t, "all acks", func() bool { return bus.acked.Load() == 5 })
-	if ids := w.ids(); !slices.Equal(ids, []string{valid.ID}) {
-		t.Fatalf("stored ids = %v, want only %s", ids, valid.ID)
-	}
-	if got := r.ing.Stats(); got != (ingest.IngesterStats{Stored: 1, Invalid: 3}) {
-		t.Fatalf("Stats = %+v, want Stored 1 Invalid 3", got)
+	waitFor(t, "all acks", func() bool { return bus.acked.Load() == 6 })
+	wantStored(t, w, bus, []string{noID.RecordID, withID.RecordID})
+	if got := r.ing.Stats(); got != (ingest.IngesterStats{Stored: 2, Invalid: 3}) {
+		t.Fatalf("Stats = %+v, want Stored 2 Invalid 3 (garbage, newer schema, no job id)", got)
 	}
 
 	// A batch of nothing but skipped deliveries is acked without an insert.
 	publishRaw(t, bus, encode(t, stats))
-	waitFor(t, "ack of a lone internal event", func() bool { return bus.acked.Load() == 6 })
+	waitFor(t, "ack of a lone internal event", func() bool { return bus.acked.Load() == 7 })
 	if n := len(w.batchSizes()); n != 1 {
 		t.Fatalf("writer got %d batches, want 1 (no empty inserts)", n)
 	}
@@ -474,9 +531,7 @@ func TestIngesterFlushesOnShutdown(t *testing.T) {
 	if err := r.stop(); err != nil {
 		t.Fatalf("Run: %v", err)
 	}
-	if ids := w.ids(); !slices.Equal(ids, want) {
-		t.Fatalf("stored ids = %v, want %v", ids, want)
-	}
+	wantStored(t, w, bus, want)
 	if n := bus.acked.Load(); n != 7 {
 		t.Fatalf("acked %d, want 7", n)
 	}

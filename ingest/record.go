@@ -1,6 +1,7 @@
 package ingest
 
 import (
+	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -43,11 +44,13 @@ func Terminal(state string) bool {
 }
 
 // Event is the stream envelope (BinaryEdge's) plus a cursor id and a record id.
-// ID orders events for replay (`since`); RecordID is stable across
-// redeliveries of the same fact, so storage keeps one row per fact.
+// ID orders events for replay (`since`): consumers set it from the event's
+// position on the bus (Delivery.Cursor), so producers leave it empty.
+// RecordID is stable across redeliveries of the same fact, so storage keeps
+// one row per fact.
 type Event struct {
 	V        int    `json:"v,omitempty"`
-	ID       string `json:"id"`
+	ID       string `json:"id,omitempty"`
 	RecordID string `json:"record_id,omitempty"`
 	Origin   Origin `json:"origin"`
 	Target   Target `json:"target"`
@@ -221,10 +224,29 @@ func Decode(b []byte, rec any) error {
 	return nil
 }
 
-// EventMessage encodes e as a bus message keyed by its job.
+// EventMessage encodes e as a bus message keyed by its job. The id is left
+// out: each consumer derives it from the message's position (WithCursor).
 func EventMessage(e *Event) (Message, error) {
-	b, err := Encode(nil, e)
+	c := *e
+	c.ID = ""
+	b, err := Encode(nil, &c)
 	return Message{Key: []byte(e.Origin.JobID), Value: b}, err
+}
+
+// WithCursor appends to dst the event JSON value (as published, without an
+// id) with "id": cursor as its first field.
+func WithCursor(dst, value []byte, cursor string) []byte {
+	if len(value) < 2 || value[0] != '{' {
+		return append(dst, value...)
+	}
+	dst = append(dst, `{"id":"`...)
+	dst = append(dst, cursor...)
+	dst = append(dst, '"')
+	rest := bytes.TrimLeft(value[1:], " \t\r\n")
+	if len(rest) > 0 && rest[0] != '}' {
+		dst = append(dst, ',')
+	}
+	return append(dst, rest...)
 }
 
 // RecordID derives a stable record id from the fact's identity (job, ip, port,

@@ -1,8 +1,10 @@
 package ingest_test
 
 import (
+	"cmp"
 	"encoding/json"
 	"errors"
+	"math"
 	"reflect"
 	"strings"
 	"sync"
@@ -61,8 +63,9 @@ func TestEncodeDecodeRoundTrip(t *testing.T) {
 	}
 }
 
-func TestEventMessageKeyedByJob(t *testing.T) {
+func TestEventMessageKeyedByJobWithoutID(t *testing.T) {
 	e := sampleEvent()
+	orig := *e
 	m, err := ingest.EventMessage(e)
 	if err != nil {
 		t.Fatal(err)
@@ -70,12 +73,161 @@ func TestEventMessageKeyedByJob(t *testing.T) {
 	if string(m.Key) != e.Origin.JobID {
 		t.Fatalf("key = %q, want the job id %q", m.Key, e.Origin.JobID)
 	}
+	var raw map[string]json.RawMessage
+	if err := json.Unmarshal(m.Value, &raw); err != nil {
+		t.Fatalf("message value %s: %v", m.Value, err)
+	}
+	if id, ok := raw["id"]; ok {
+		t.Fatalf("message carries id %s, want none: consumers derive it from the position", id)
+	}
 	var got ingest.Event
 	if err := ingest.Decode(m.Value, &got); err != nil {
 		t.Fatal(err)
 	}
-	if got.ID != e.ID {
-		t.Fatalf("decoded id %q, want %q", got.ID, e.ID)
+	// Everything but the id goes on the wire.
+	want := orig
+	want.ID = ""
+	want.V = ingest.SchemaVersion
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("decoded:\n got %+v\nwant %+v", got, want)
+	}
+	// The caller's event keeps its id.
+	if e.ID != orig.ID {
+		t.Fatalf("EventMessage changed the event's id to %q", e.ID)
+	}
+}
+
+func TestWithCursor(t *testing.T) {
+	const cursor = "ev_01m7zztze00000000000000007"
+	m, err := ingest.EventMessage(sampleEvent())
+	if err != nil {
+		t.Fatal(err)
+	}
+	objects := []struct {
+		name  string
+		value string
+		want  ingest.Event // the decoded result, ID aside
+	}{
+		{"event", string(m.Value), func() ingest.Event {
+			e := *sampleEvent()
+			e.ID, e.V = "", ingest.SchemaVersion
+			return e
+		}()},
+		{"empty object", "{}", ingest.Event{}},
+		{"one field", `{"v":1}`, ingest.Event{V: 1}},
+	}
+	for _, tc := range objects {
+		t.Run(tc.name, func(t *testing.T) {
+			value := []byte(tc.value)
+			out := ingest.WithCursor([]byte("keep:"), value, cursor)
+			if string(value) != tc.value {
+				t.Fatalf("WithCursor changed its input to %s", value)
+			}
+			if !strings.HasPrefix(string(out), "keep:") {
+				t.Fatalf("WithCursor did not append to dst: %s", out)
+			}
+			out = out[len("keep:"):]
+			if !strings.HasPrefix(string(out), `{"id":"`+cursor+`"`) {
+				t.Fatalf("WithCursor = %s, want the id as the first field", out)
+			}
+			if !json.Valid(out) {
+				t.Fatalf("WithCursor = %s, not valid JSON", out)
+			}
+			var got ingest.Event
+			if err := ingest.Decode(out, &got); err != nil {
+				t.Fatalf("Decode(%s): %v", out, err)
+			}
+			if got.ID != cursor {
+				t.Fatalf("decoded id %q, want the cursor %q", got.ID, cursor)
+			}
+			got.ID = ""
+			if !reflect.DeepEqual(got, tc.want) {
+				t.Fatalf("decoded:\n got %+v\nwant %+v", got, tc.want)
+			}
+		})
+	}
+	if got := string(ingest.WithCursor(nil, []byte("{}"), cursor)); got != `{"id":"`+cursor+`"}` {
+		t.Fatalf("WithCursor of {} = %s", got)
+	}
+	// What is not a JSON object passes through untouched.
+	for _, value := range []string{"", "{", "not json", `[{"a":1}]`, `"str"`, "null", "\x00\xff"} {
+		out := ingest.WithCursor([]byte("keep:"), []byte(value), cursor)
+		if string(out) != "keep:"+value {
+			t.Errorf("WithCursor(%q) = %q, want it appended unchanged", value, out)
+		}
+	}
+}
+
+func TestDeliveryCursor(t *testing.T) {
+	// Fixed values guard the derivation: stored ids and clients' since
+	// cursors must survive an upgrade.
+	if got, want := (ingest.Delivery{}).Cursor(), "ev_"+strings.Repeat("0", 26); got != want {
+		t.Fatalf("zero Cursor = %q, want %q", got, want)
+	}
+	if got, want := (ingest.Delivery{Offset: 33}).Cursor(), "ev_"+strings.Repeat("0", 24)+"11"; got != want {
+		t.Fatalf("Cursor at offset 33 = %q, want %q", got, want)
+	}
+
+	type pos struct {
+		epoch     int64
+		partition int
+		offset    int64
+	}
+	var sample []pos
+	for _, epoch := range []int64{0, 1, 1718000000123, 1718000000124, 1<<47 - 1, 1<<48 - 1} {
+		for _, partition := range []int{0, 1, 31, 32, 255, 1<<16 - 1} {
+			for _, offset := range []int64{0, 1, 31, 32, 1023, 1 << 32, 1<<40 + 7, math.MaxInt64 - 1, math.MaxInt64} {
+				sample = append(sample, pos{epoch, partition, offset})
+			}
+		}
+	}
+	cmpPos := func(a, b pos) int {
+		return cmp.Or(cmp.Compare(a.epoch, b.epoch), cmp.Compare(a.partition, b.partition), cmp.Compare(a.offset, b.offset))
+	}
+	cursors := make([]string, len(sample))
+	for i, p := range sample {
+		c := ingest.Delivery{Epoch: p.epoch, Partition: p.partition, Offset: p.offset}.Cursor()
+		if len(c) != 29 || !strings.HasPrefix(c, "ev_") {
+			t.Fatalf("Cursor%+v = %q, want ev_ and 26 digits (29 characters)", p, c)
+		}
+		for _, r := range c[3:] {
+			if !strings.ContainsRune("0123456789abcdefghjkmnpqrstvwxyz", r) {
+				t.Fatalf("Cursor%+v = %q holds %q, not Crockford base32", p, c, r)
+			}
+		}
+		cursors[i] = c
+	}
+	// Comparing every pair: cursors order exactly as (epoch, partition,
+	// offset) do, so distinct positions never share a cursor.
+	for i := range sample {
+		for j := range sample {
+			if got, want := strings.Compare(cursors[i], cursors[j]), cmpPos(sample[i], sample[j]); got != want {
+				t.Fatalf("Cursor%+v = %q vs Cursor%+v = %q compare %d, want %d",
+					sample[i], cursors[i], sample[j], cursors[j], got, want)
+			}
+		}
+	}
+	// Other fields of the delivery do not matter.
+	d := ingest.Delivery{Epoch: 5, Partition: 2, Offset: 9}
+	other := d
+	other.Message = ingest.Message{Key: []byte("k"), Value: []byte("v")}
+	other.Token = 42
+	if d.Cursor() != other.Cursor() {
+		t.Fatalf("Cursor depends on key, value or token: %q vs %q", d.Cursor(), other.Cursor())
+	}
+}
+
+func BenchmarkWithCursor(b *testing.B) {
+	m, err := ingest.EventMessage(sampleEvent())
+	if err != nil {
+		b.Fatal(err)
+	}
+	d := ingest.Delivery{Message: m, Epoch: 1718000000123, Offset: 1 << 20}
+	buf := make([]byte, 0, len(m.Value)+64)
+	b.SetBytes(int64(len(m.Value)))
+	b.ReportAllocs()
+	for b.Loop() {
+		buf = ingest.WithCursor(buf[:0], d.Value, d.Cursor())
 	}
 }
 

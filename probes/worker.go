@@ -300,7 +300,6 @@ func (w *Worker) probeOne(workCtx context.Context, op *ingest.OpenPort, name str
 			Started: res.Started, Duration: res.Duration})
 	}
 	ev := ingest.Event{
-		ID:       ingest.NewID("ev_"),
 		RecordID: ingest.RecordID(op.JobID, name, op.IP, strconv.Itoa(op.Port)),
 		Origin: ingest.Origin{
 			JobID:    op.JobID,

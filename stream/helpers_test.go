@@ -2,6 +2,7 @@ package stream
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -12,6 +13,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -55,9 +57,17 @@ type fakeSource struct {
 	blockJob string         // queries of this job hang until ctx ends
 }
 
+// add stores evs as the ingester does, under the ids consumers derived
+// (publish or storedEarlier sets them). An event without one breaks every
+// later query, so a test that forgets cannot pass by accident.
 func (f *fakeSource) add(evs ...ingest.Event) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	for _, e := range evs {
+		if e.ID == "" {
+			f.err = errors.New("fakeSource: an event was stored without an id")
+		}
+	}
 	f.events = append(f.events, evs...)
 	slices.SortFunc(f.events, func(a, b ingest.Event) int { return strings.Compare(a.ID, b.ID) })
 }
@@ -104,9 +114,10 @@ func (f *fakeSource) Events(ctx context.Context, q storage.EventQuery) ([]ingest
 	return out, nil
 }
 
+// newEvent makes an event as a producer does: without an id, which the
+// consumers derive from its position on the bus (see harness.publish).
 func newEvent(client, job, typ, module, data string) ingest.Event {
 	return ingest.Event{
-		ID:       ingest.NewID("evt_"),
 		RecordID: ingest.RecordID(client, job, typ, data),
 		Origin:   ingest.Origin{JobID: job, ClientID: client, Type: typ, Module: module, TS: time.Now().UnixMilli()},
 		Target:   ingest.Target{IP: "198.18.0.1", Port: 22, Protocol: "tcp"},
@@ -128,6 +139,31 @@ func events(n int, client, job string) []ingest.Event {
 	out := make([]ingest.Event, n)
 	for i := range out {
 		out[i] = portEvent(client, job)
+	}
+	return out
+}
+
+// earlierRun is the epoch of a previous run of the bus: the ids it gave
+// sort before every id of the test's bus (whose epoch is the time it started).
+var (
+	earlierRun    = time.Now().Add(-time.Hour).UnixMilli()
+	earlierOffset atomic.Int64
+)
+
+// storedEarlier gives evs the ids an ingester stored them under in an
+// earlier run of the bus, in order: they sort before anything published in
+// the test, as events of a job that began before a restart do.
+func storedEarlier(evs ...*ingest.Event) {
+	for _, e := range evs {
+		e.ID = ingest.Delivery{Epoch: earlierRun, Offset: earlierOffset.Add(1)}.Cursor()
+	}
+}
+
+// ptrs points at each event of evs, for publish and storedEarlier.
+func ptrs(evs []ingest.Event) []*ingest.Event {
+	out := make([]*ingest.Event, len(evs))
+	for i := range evs {
+		out[i] = &evs[i]
 	}
 	return out
 }
@@ -216,21 +252,78 @@ func (h *harness) stop(t testing.TB) {
 	}
 }
 
-func (h *harness) publish(t testing.TB, evs ...ingest.Event) [][]byte {
+// publish publishes evs as producers do (ingest.EventMessage, no id) and
+// sets each one's ID to the id every consumer derives from where the bus put
+// it, read back as a consumer like the ingester does: a tap subscribed for
+// the call. It returns the published values. One publisher at a time.
+func (h *harness) publish(t testing.TB, evs ...*ingest.Event) [][]byte {
 	t.Helper()
-	msgs := make([]ingest.Message, len(evs))
-	vals := make([][]byte, len(evs))
-	for i := range evs {
-		m, err := ingest.EventMessage(&evs[i])
-		if err != nil {
-			t.Fatal(err)
-		}
-		msgs[i], vals[i] = m, m.Value
-	}
-	if err := h.bus.Publish(context.Background(), ingest.TopicEvents, msgs...); err != nil {
+	vals, err := h.tryPublish(evs...)
+	if err != nil {
 		t.Fatal(err)
 	}
 	return vals
+}
+
+// tryPublish is publish for goroutines that must not FailNow.
+func (h *harness) tryPublish(evs ...*ingest.Event) ([][]byte, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), waitLong)
+	defer cancel()
+	msgs, vals, err := messages(evs)
+	if err != nil {
+		return nil, err
+	}
+	tap, err := h.bus.Subscribe(ctx, ingest.TopicEvents, "")
+	if err != nil {
+		return nil, err
+	}
+	defer tap.Close()
+	if err := h.bus.Publish(ctx, ingest.TopicEvents, msgs...); err != nil {
+		return nil, err
+	}
+	for i, e := range evs {
+		d, err := tap.Fetch(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("tap: %w", err)
+		}
+		if !bytes.Equal(d.Value, vals[i]) {
+			return nil, fmt.Errorf("tap: message %d is %s, want %s (another publisher?)", i, d.Value, vals[i])
+		}
+		e.ID = d.Cursor()
+	}
+	return vals, nil
+}
+
+// publishUntapped publishes evs in one batch without learning their ids,
+// for batches larger than the bus's queue (a tap would overflow too).
+func (h *harness) publishUntapped(t testing.TB, evs ...*ingest.Event) {
+	t.Helper()
+	msgs, _, err := messages(evs)
+	if err == nil {
+		err = h.bus.Publish(context.Background(), ingest.TopicEvents, msgs...)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+func messages(evs []*ingest.Event) ([]ingest.Message, [][]byte, error) {
+	msgs := make([]ingest.Message, len(evs))
+	vals := make([][]byte, len(evs))
+	for i, e := range evs {
+		m, err := ingest.EventMessage(e)
+		if err != nil {
+			return nil, nil, err
+		}
+		msgs[i], vals[i] = m, m.Value
+	}
+	return msgs, vals, nil
+}
+
+// delivered is the line the stream sends for a published value: the value
+// with the id its consumers derive in front.
+func delivered(value []byte, id string) string {
+	return string(ingest.WithCursor(nil, value, id))
 }
 
 // waitFor polls cond until it holds or the test times out.

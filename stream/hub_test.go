@@ -45,6 +45,7 @@ func TestConfig(t *testing.T) {
 	}
 }
 
+// encoded is e as a producer publishes it: without an id.
 func encoded(t testing.TB, e ingest.Event) []byte {
 	t.Helper()
 	m, err := ingest.EventMessage(&e)
@@ -54,29 +55,61 @@ func encoded(t testing.TB, e ingest.Event) []byte {
 	return m.Value
 }
 
+// cursor is the id of the n-th message of a bus that started at epoch.
+func cursor(epoch, n int64) string { return ingest.Delivery{Epoch: epoch, Offset: n}.Cursor() }
+
+const testEpoch = 1767225600000 // 2026-01-01 in unix ms
+
+// onBus is e as the server hands it to the decoder: the published bytes
+// behind the id of the n-th message.
+func onBus(t testing.TB, e ingest.Event, n int64) []byte {
+	t.Helper()
+	return ingest.WithCursor(nil, encoded(t, e), cursor(testEpoch, n))
+}
+
 func TestDecodeItem(t *testing.T) {
 	dec := newDecoder()
 	port := portEvent(alice, "job_1")
-	it, err := dec.decode(encoded(t, port))
+	port.ID = "evt_chosen_by_the_producer" // EventMessage leaves it out
+	published := encoded(t, port)
+	if strings.Contains(string(published), `"id"`) {
+		t.Fatalf("published %s carries an id", published)
+	}
+	if _, err := dec.decode(published); !errors.Is(err, errNoID) {
+		t.Errorf("published bytes without a cursor: %v, want errNoID", err)
+	}
+	line := onBus(t, port, 7)
+	it, err := dec.decode(line)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if it.id != port.ID || it.jobID != "job_1" || it.clientID != alice || it.terminal {
+	if it.id != cursor(testEpoch, 7) || it.jobID != "job_1" || it.clientID != alice || it.terminal {
 		t.Fatalf("item %+v", it)
 	}
+	if string(it.line) != string(line) {
+		t.Fatalf("line %s, want the bytes decoded %s", it.line, line)
+	}
+	var head eventHead
+	if !dec.walk(line, &head) || head.ID != it.id {
+		t.Errorf("the walk gave up on the id-first layout, or read id %q", head.ID)
+	}
+	var back ingest.Event
+	if err := json.Unmarshal(it.line, &back); err != nil || back.ID != it.id || back.RecordID != port.RecordID {
+		t.Fatalf("line %s reads back as %+v (err %v)", it.line, back, err)
+	}
 
-	for _, c := range []struct {
+	for i, c := range []struct {
 		state    string
 		terminal bool
 	}{{ingest.StateRunning, false}, {ingest.StateSucceeded, true}, {ingest.StateCanceled, true}} {
-		it, err := dec.decode(encoded(t, statusEvent(alice, "job_1", c.state)))
+		it, err := dec.decode(onBus(t, statusEvent(alice, "job_1", c.state), int64(i)))
 		if err != nil || it.terminal != c.terminal {
 			t.Errorf("%s: terminal %v (err %v), want %v", c.state, it != nil && it.terminal, err, c.terminal)
 		}
 	}
 
 	stats := newEvent(alice, "job_1", ingest.TypeScanStats, ingest.ModuleScanner, `{}`)
-	if _, err := dec.decode(encoded(t, stats)); !errors.Is(err, errInternal) {
+	if _, err := dec.decode(onBus(t, stats, 8)); !errors.Is(err, errInternal) {
 		t.Errorf("scan_stats: %v, want errInternal", err)
 	}
 	if _, err := dec.decode([]byte(`{"v":99,"id":"evt_1"}`)); !errors.Is(err, ingest.ErrVersion) {
@@ -88,6 +121,7 @@ func TestDecodeItem(t *testing.T) {
 	if _, err := dec.decode([]byte(`{"id":`)); err == nil {
 		t.Error("truncated JSON decoded")
 	}
+	port.ID = cursor(testEpoch, 9)
 	indented, _ := json.MarshalIndent(port, "", "  ")
 	it, err = dec.decode(indented)
 	if err != nil || strings.Contains(string(it.line), "\n") {
@@ -103,6 +137,9 @@ func TestWalkAgreesWithEncodingJSON(t *testing.T) {
 		walked bool // the walk handles it without encoding/json
 	}{
 		{`{"v":1,"id":"evt_1","origin":{"job_id":"job_1","client_id":"usr_a","type":"port","ts":5},"result":{"data":{"a":[1,{"b":"}]\""}]}}}`, true},
+		// the layout the server decodes: ingest.WithCursor puts the id first
+		{`{"id":"ev_01kdx6gf0000000000000000f","v":1,"record_id":"rec_1","origin":{"job_id":"job_1","client_id":"usr_a","type":"port"},"result":{"data":{}}}`, true},
+		{`{"id":"ev_01kdx6gf0000000000000000f"}`, true},
 		{` { "origin" : { "type" : "port" , "ip": null } , "id" : "evt_2" , "x": [true, false, -1.5e3] } `, true},
 		{`{"id":"evt_3","origin":null}`, false},
 		{`{"id":"evt_3","origin":{"job_id":null}}`, true},
@@ -165,7 +202,7 @@ func TestRingKeepsNewestMatching(t *testing.T) {
 		if i == 4 {
 			client = bob
 		}
-		it := &item{id: ingest.NewID("evt_"), jobID: "job_" + string(rune('a'+i%2)), clientID: client}
+		it := &item{id: cursor(testEpoch, int64(i)), jobID: "job_" + string(rune('a'+i%2)), clientID: client}
 		all = append(all, it)
 		r.add(it)
 	}
@@ -189,8 +226,8 @@ func TestRingKeepsNewestMatching(t *testing.T) {
 	// A snapshot up to seq 4 keeps what was kept then; what was overwritten
 	// since (all[2], all[3] by later adds) is gone.
 	upto := r.next - 2
-	r.add(&item{id: ingest.NewID("evt_"), clientID: alice})
-	r.add(&item{id: ingest.NewID("evt_"), clientID: alice})
+	r.add(&item{id: cursor(testEpoch, 6), clientID: alice})
+	r.add(&item{id: cursor(testEpoch, 7), clientID: alice})
 	if got, want := idsOf(r.matching(alice, "", "", upto)), []string(nil); !slices.Equal(got, want) {
 		t.Errorf("alice up to %d after overwrites: %v, want %v", upto, got, want)
 	}
@@ -214,7 +251,7 @@ func TestHubDropsSlowSubscriberWithoutBlocking(t *testing.T) {
 	fast := h.subscribe(alice, "", "", false)
 	other := h.subscribe(bob, "", "", false)
 	for i := range 3 {
-		h.publish(&item{id: ingest.NewID("evt_"), jobID: "job_1", clientID: alice})
+		h.publish(&item{id: cursor(testEpoch, int64(i)), jobID: "job_1", clientID: alice})
 		if i < 2 {
 			<-fast.queue
 		}

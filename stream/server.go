@@ -301,7 +301,9 @@ func (s *Server) drain(ctx context.Context, sub ingest.Subscription, dec *decode
 		if err != nil {
 			return err
 		}
-		s.handle(dec, d.Value)
+		// the event's id is its position on the bus, the same one the
+		// ingester stores, so a resume from storage lines up exactly
+		s.handle(dec, ingest.WithCursor(make([]byte, 0, len(d.Value)+40), d.Value, d.Cursor()))
 		if err := sub.Ack(ctx, d); err != nil && ctx.Err() == nil {
 			s.noisy.Warn().Err(err).Msg("cannot ack event")
 		}

@@ -5,8 +5,11 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"math"
 	"net"
 	"net/http"
+	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -44,6 +47,7 @@ func TestRoutesAndAuth(t *testing.T) {
 		{"bad bearer", "GET", "/v1/stream/jobs/job_1", http.Header{"Authorization": {"Bearer nope"}}, 401, "unauthorized"},
 		{"bad query token", "GET", "/v1/stream?token=nope", nil, 401, "unauthorized"},
 		{"malformed since", "GET", "/v1/stream?since=a%20b", tokenHeader(aliceToken), 400, "invalid_request"},
+		{"cursor since", "GET", "/v1/stream?since=" + cursor(testEpoch, 42), tokenHeader(aliceToken), 200, ""},
 		{"malformed last-event-id", "GET", "/v1/stream", http.Header{"X-Token": {aliceToken}, "Last-Event-Id": {"x/y"}}, 400, "invalid_request"},
 		{"wrong method", "POST", "/v1/stream", tokenHeader(aliceToken), 405, "method_not_allowed"},
 		{"x-token", "GET", "/v1/stream", tokenHeader(aliceToken), 200, ""},
@@ -87,6 +91,56 @@ func TestRoutesAndAuth(t *testing.T) {
 	}
 }
 
+func TestValidIDAcceptsCursors(t *testing.T) {
+	for _, d := range []ingest.Delivery{{}, {Epoch: testEpoch, Offset: 1}, {Epoch: 1<<48 - 1, Partition: 1<<16 - 1, Offset: math.MaxInt64}} {
+		if id := d.Cursor(); !validID(id) || len(id) != len("ev_")+26 {
+			t.Errorf("cursor %q of %+v rejected", id, d)
+		}
+	}
+	for _, bad := range []string{"", "ev_01 2", "ev_01/2", "ev_01\n", "ev_01\"", strings.Repeat("a", maxIDLen+1)} {
+		if validID(bad) {
+			t.Errorf("validID(%q) = true", bad)
+		}
+	}
+}
+
+// TestIDsFollowTopicOrder: an event's id is its position on the bus, not
+// what its producer chose, so ids sort in the order the topic holds the
+// events even when producers made them in another order, the stream's ids
+// are the ones the ingester stores, and a resume from any of them, merging
+// storage with the ring, continues exactly: nothing lost, nothing repeated.
+func TestIDsFollowTopicOrder(t *testing.T) {
+	h := startServer(t, harnessOpts{})
+	c := h.openNDJSON(t, jobPath("job_1"), tokenHeader(aliceToken))
+	e := append(events(4, alice, "job_1"), statusEvent(alice, "job_1", ingest.StateSucceeded))
+	for i := range e { // the producers' own ids run against the topic order
+		e[len(e)-1-i].ID = ingest.NewID("evt_")
+	}
+	chosen := ids(e)
+	h.publish(t, ptrs(e)...)
+	got := c.nextIDs(t, len(e))
+	c.expectEOF(t)
+	assertIDs(t, "job stream", got, ids(e))
+	for i, id := range got {
+		if slices.Contains(chosen, id) {
+			t.Fatalf("the stream sent the producer's id %s", id)
+		}
+		if !strings.HasPrefix(id, "ev_") || !validID(id) {
+			t.Fatalf("id %q is not a cursor", id)
+		}
+		if i > 0 && id <= got[i-1] {
+			t.Fatalf("ids out of topic order: %s after %s", id, got[i-1])
+		}
+	}
+
+	h.src.add(e[:2]...) // the ingester is behind: the rest is only in the ring
+	for k := range len(e) - 1 {
+		again := h.openNDJSON(t, jobPath("job_1")+"?since="+got[k], tokenHeader(aliceToken))
+		assertIDs(t, "resume since e["+strconv.Itoa(k)+"]", again.nextIDs(t, len(e)-1-k), got[k+1:])
+		again.expectEOF(t)
+	}
+}
+
 func TestNDJSONLiveUserStream(t *testing.T) {
 	h := startServer(t, harnessOpts{})
 	c := h.openNDJSON(t, "/v1/stream", tokenHeader(aliceToken))
@@ -95,15 +149,15 @@ func TestNDJSONLiveUserStream(t *testing.T) {
 	b1 := portEvent(bob, "job_2")
 	stats := newEvent(alice, "job_1", ingest.TypeScanStats, ingest.ModuleScanner, `{"shard":0}`)
 	a2 := portEvent(alice, "job_3")
-	vals := h.publish(t, a1, b1, stats, a2)
+	vals := h.publish(t, &a1, &b1, &stats, &a2)
 
-	for _, want := range [][]byte{vals[0], vals[3]} {
+	for _, want := range []string{delivered(vals[0], a1.ID), delivered(vals[3], a2.ID)} {
 		line, ok := c.nextLine(t)
 		if !ok {
 			t.Fatal("stream ended")
 		}
-		if string(line) != string(want) {
-			t.Fatalf("line\n %s\nwant the bus bytes\n %s", line, want)
+		if string(line) != want {
+			t.Fatalf("line\n %s\nwant the bus bytes behind their id\n %s", line, want)
 		}
 	}
 	waitFor(t, "delivery count", func() bool { return h.srv.Stats().Delivered == 2 })
@@ -119,7 +173,7 @@ func TestJobStreamFilter(t *testing.T) {
 	user := h.openNDJSON(t, "/v1/stream", tokenHeader(aliceToken))
 
 	evs := []ingest.Event{portEvent(alice, "job_1"), portEvent(alice, "job_2"), portEvent(alice, "job_1")}
-	h.publish(t, evs...)
+	h.publish(t, ptrs(evs)...)
 	assertIDs(t, "job stream", job.nextIDs(t, 2), []string{evs[0].ID, evs[2].ID})
 	assertIDs(t, "user stream", user.nextIDs(t, 3), ids(evs))
 }
@@ -127,6 +181,7 @@ func TestJobStreamFilter(t *testing.T) {
 func TestOwnership(t *testing.T) {
 	h := startServer(t, harnessOpts{})
 	stored := portEvent(alice, "job_1")
+	storedEarlier(&stored)
 	h.src.add(stored)
 	h.src.leaky = true // a store that forgets the client filter must not leak either
 
@@ -135,7 +190,7 @@ func TestOwnership(t *testing.T) {
 
 	aliceLive := portEvent(alice, "job_1")
 	bobMarker := portEvent(bob, "job_1")
-	h.publish(t, aliceLive, bobMarker)
+	h.publish(t, &aliceLive, &bobMarker)
 	assertIDs(t, "bob's job stream", bobJob.nextIDs(t, 1), []string{bobMarker.ID})
 	assertIDs(t, "bob's user stream", bobUser.nextIDs(t, 1), []string{bobMarker.ID})
 }
@@ -155,7 +210,8 @@ func TestWebsocketDelivery(t *testing.T) {
 
 	e1, e2 := portEvent(alice, "job_1"), portEvent(alice, "job_2")
 	done := statusEvent(alice, "job_1", ingest.StateSucceeded)
-	vals := h.publish(t, e1, e2, done)
+	published := []*ingest.Event{&e1, &e2, &done}
+	vals := h.publish(t, published...)
 
 	got, ce := wsClose(t, job)
 	assertIDs(t, "job stream", got, []string{e1.ID, done.ID})
@@ -163,13 +219,13 @@ func TestWebsocketDelivery(t *testing.T) {
 		t.Errorf("close %d %q, want 1000 \"job finished\"", ce.Code, ce.Text)
 	}
 
-	for i, want := range vals {
+	for i, e := range published {
 		msg, err := wsNext(t, user)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if string(msg) != string(want) {
-			t.Fatalf("frame %d\n %s\nwant the bus bytes\n %s", i, msg, want)
+		if want := delivered(vals[i], e.ID); string(msg) != want {
+			t.Fatalf("frame %d\n %s\nwant the bus bytes behind their id\n %s", i, msg, want)
 		}
 	}
 	// Idle: heartbeat text frames and pings keep the connection alive.
@@ -202,14 +258,20 @@ func TestWebsocketUnauthorized(t *testing.T) {
 
 // TestSinceReplayMergesStorageRingAndLive resumes a client whose missed
 // events are partly stored, partly only in the ring (not yet ingested), and
-// partly published while it replays: each arrives once, in id order.
+// partly published while it replays: each arrives once, in id order, and
+// the ring's events are the bus bytes behind their id.
 func TestSinceReplayMergesStorageRingAndLive(t *testing.T) {
 	h := startServer(t, harnessOpts{})
 	e := events(10, alice, "job_1")
 	other := portEvent(bob, "job_1")
 	h.src.maxLimit = 2
-	h.src.add(e[0], e[1], e[2], e[4])                                   // e[3], e[5..7]: ingester behind
-	h.publish(t, e[0], e[1], e[2], e[3], other, e[4], e[5], e[6], e[7]) // all in the ring
+	inRing := []*ingest.Event{&e[0], &e[1], &e[2], &e[3], &other, &e[4], &e[5], &e[6], &e[7]}
+	vals := h.publish(t, inRing...)
+	busLine := make(map[string]string) // id → the line the bus bytes make
+	for i, ev := range inRing {
+		busLine[ev.ID] = delivered(vals[i], ev.ID)
+	}
+	h.src.add(e[0], e[1], e[2], e[4]) // e[3], e[5..7]: ingester behind
 	waitFor(t, "ring", func() bool { return h.srv.Stats().Events == 9 })
 	h.src.onQuery = func(call int) {
 		if call != 1 {
@@ -217,11 +279,7 @@ func TestSinceReplayMergesStorageRingAndLive(t *testing.T) {
 		}
 		// e[8] is published and ingested while the replay runs. This runs
 		// on the server's goroutine: report, never FailNow.
-		m, err := ingest.EventMessage(&e[8])
-		if err == nil {
-			err = h.bus.Publish(context.Background(), ingest.TopicEvents, m)
-		}
-		if err != nil {
+		if _, err := h.tryPublish(&e[8]); err != nil {
 			t.Error(err)
 		}
 		h.src.add(e[8])
@@ -231,8 +289,24 @@ func TestSinceReplayMergesStorageRingAndLive(t *testing.T) {
 	}
 
 	c := h.openNDJSON(t, "/v1/stream?since="+e[1].ID, tokenHeader(aliceToken))
-	assertIDs(t, "replay", c.nextIDs(t, 7), ids(e[2:9]))
-	h.publish(t, e[9])
+	var got []string
+	for i := 2; i <= 8; i++ {
+		line, ok := c.nextLine(t)
+		if !ok {
+			t.Fatalf("stream ended after %d replayed events", len(got))
+		}
+		var ev ingest.Event
+		if err := json.Unmarshal(line, &ev); err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, ev.ID)
+		// what the ring holds goes out as the bus bytes, stored or not
+		if want, ok := busLine[ev.ID]; ok && string(line) != want {
+			t.Fatalf("e[%d] from the ring\n %s\nwant\n %s", i, line, want)
+		}
+	}
+	assertIDs(t, "replay", got, ids(e[2:9]))
+	h.publish(t, &e[9])
 	assertIDs(t, "live", c.nextIDs(t, 1), []string{e[9].ID})
 	if st := h.srv.Stats(); st.Replayed != 7 || st.Delivered != 8 {
 		t.Errorf("stats %+v: want 7 replayed of 8 delivered", st)
@@ -242,6 +316,7 @@ func TestSinceReplayMergesStorageRingAndLive(t *testing.T) {
 func TestLastEventID(t *testing.T) {
 	h := startServer(t, harnessOpts{})
 	e := events(4, alice, "job_1")
+	storedEarlier(ptrs(e[:3])...) // stored before a restart, gone from the ring
 	h.src.add(e[:3]...)
 
 	hdr := tokenHeader(aliceToken)
@@ -252,7 +327,7 @@ func TestLastEventID(t *testing.T) {
 	ws := h.dialWS(t, jobPath("job_1"), hdr)
 	assertIDs(t, "websocket replay", []string{wsNextID(t, ws), wsNextID(t, ws)}, ids(e[1:3]))
 
-	h.publish(t, e[3])
+	h.publish(t, &e[3])
 	assertIDs(t, "ndjson live", c.nextIDs(t, 1), ids(e[3:]))
 	assertIDs(t, "websocket live", []string{wsNextID(t, ws)}, ids(e[3:]))
 }
@@ -267,7 +342,7 @@ func TestJobStreamEndsAfterTerminal(t *testing.T) {
 	done := statusEvent(alice, "job_1", ingest.StateFailed)
 	late := portEvent(alice, "job_1")
 	marker := portEvent(alice, "job_2")
-	h.publish(t, e1, running, done, late, marker)
+	h.publish(t, &e1, &running, &done, &late, &marker)
 
 	assertIDs(t, "job stream", job.nextIDs(t, 3), []string{e1.ID, running.ID, done.ID})
 	job.expectEOF(t)
@@ -285,9 +360,10 @@ func TestJobStreamEndsAfterTerminal(t *testing.T) {
 func TestJobStreamReplaysFromStart(t *testing.T) {
 	h := startServer(t, harnessOpts{})
 	stored := events(3, alice, "job_1")
+	storedEarlier(ptrs(stored)...)
 	h.src.add(stored...)
 	inRing := portEvent(alice, "job_1")
-	h.publish(t, inRing)
+	h.publish(t, &inRing)
 	waitFor(t, "ring", func() bool { return h.srv.Stats().Events == 1 })
 
 	c := h.openNDJSON(t, jobPath("job_1"), tokenHeader(aliceToken))
@@ -297,7 +373,7 @@ func TestJobStreamReplaysFromStart(t *testing.T) {
 func TestReplayWithoutStoreUsesRing(t *testing.T) {
 	h := startServer(t, harnessOpts{noStore: true})
 	e := events(3, alice, "job_1")
-	h.publish(t, e...)
+	h.publish(t, ptrs(e)...)
 	waitFor(t, "ring", func() bool { return h.srv.Stats().Events == 3 })
 	c := h.openNDJSON(t, "/v1/stream?since="+e[0].ID, tokenHeader(aliceToken))
 	assertIDs(t, "ring replay", c.nextIDs(t, 2), ids(e[1:]))
@@ -316,8 +392,8 @@ func openSlow(t *testing.T, h *harness, connect func()) []ingest.Event {
 			t.Fatal("subscriber never dropped")
 		}
 		e := newEvent(alice, "job_1", ingest.TypePort, ingest.ModulePortscan, blob)
+		h.publish(t, &e)
 		h.src.add(e) // the ingester keeps up
-		h.publish(t, e)
 		published = append(published, e)
 		time.Sleep(time.Millisecond)
 	}
@@ -392,7 +468,7 @@ func TestHeartbeat(t *testing.T) {
 func TestBusOverflowResetsSubscribers(t *testing.T) {
 	h := startServer(t, harnessOpts{busQueue: 8})
 	c := h.openNDJSON(t, "/v1/stream", tokenHeader(aliceToken))
-	h.publish(t, events(20, alice, "job_1")...) // one batch: the server's subscription overflows
+	h.publishUntapped(t, ptrs(events(20, alice, "job_1"))...) // one batch: the server's subscription overflows
 
 	_, final := c.readUntilFinal(t)
 	if final.Error.Code != CodeStreamReset {
@@ -407,7 +483,7 @@ func TestBusOverflowResetsSubscribers(t *testing.T) {
 	// The server lives on, on a new subscription.
 	again := h.openNDJSON(t, "/v1/stream", tokenHeader(aliceToken))
 	e := portEvent(alice, "job_1")
-	h.publish(t, e)
+	h.publish(t, &e)
 	assertIDs(t, "after the reset", again.nextIDs(t, 1), []string{e.ID})
 }
 
@@ -473,7 +549,7 @@ func TestShutdownClosesConnections(t *testing.T) {
 	ws := h.dialWS(t, jobPath("job_1"), tokenHeader(aliceToken))
 	replaying := h.openNDJSON(t, jobPath("job_slow"), tokenHeader(aliceToken))
 	e := portEvent(alice, "job_1")
-	h.publish(t, e)
+	h.publish(t, &e)
 	assertIDs(t, "before shutdown", c.nextIDs(t, 1), []string{e.ID})
 	assertIDs(t, "websocket before shutdown", []string{wsNextID(t, ws)}, []string{e.ID})
 

@@ -61,6 +61,7 @@ func Run(t *testing.T, newBus func(t *testing.T) ingest.Bus, caps Capabilities) 
 		{"AckedNotRedelivered", testAckedNotRedelivered},
 		{"LateGroupStartsAtEarliest", testLateGroupStartsAtEarliest},
 		{"EphemeralSeesOnlyLater", testEphemeralSeesOnlyLater},
+		{"cursors follow topic order", testCursorsFollowTopicOrder},
 		{"FetchHonoursContext", testFetchHonoursContext},
 		{"PublishHonoursContext", testPublishHonoursContext},
 		{"FetchAfterSubscriptionClose", testFetchAfterSubscriptionClose},
@@ -453,6 +454,56 @@ func testEphemeralSeesOnlyLater(t *testing.T, e *env) {
 	publish(t, e.bus, e.topic(), after...)
 	wantValues(t, fetchValues(t, sub, len(after), true), after)
 	expectQuiet(t, sub)
+}
+
+// testCursorsFollowTopicOrder checks what event ids rely on: every consumer
+// derives the same Cursor from a message, and cursors increase in topic order
+// (one key, so one partition), across Publish calls too.
+func testCursorsFollowTopicOrder(t *testing.T, e *env) {
+	const rounds, perRound = 3, 8 // each round stays within a QueueSize of 16
+	subs := map[string]ingest.Subscription{
+		"group":     subscribe(t, e.bus, e.topic(), e.group("g")),
+		"ephemeral": subscribe(t, e.bus, e.topic(), ""),
+		"group two": subscribe(t, e.bus, e.topic(), e.group("g2")),
+	}
+	var want []ingest.Message
+	var cursors []string
+	for r := range rounds {
+		msgs := values("job_c", fmt.Sprintf("r%d", r), perRound)
+		// One message alone, the rest in a batch.
+		publish(t, e.bus, e.topic(), msgs[0])
+		publish(t, e.bus, e.topic(), msgs[1:]...)
+		seen := make(map[string][]string, len(subs)) // cursors per subscriber
+		for name, sub := range subs {
+			for _, m := range msgs {
+				d := fetch(t, sub)
+				if string(d.Value) != string(m.Value) {
+					t.Fatalf("%s got %q, want %q", name, d.Value, m.Value)
+				}
+				ack(t, sub, d)
+				seen[name] = append(seen[name], d.Cursor())
+			}
+		}
+		for name, cs := range seen {
+			if !slices.Equal(cs, seen["group"]) {
+				t.Fatalf("round %d: %s saw cursors %q, group saw %q, want the same per message", r, name, cs, seen["group"])
+			}
+		}
+		want = append(want, msgs...)
+		cursors = append(cursors, seen["group"]...)
+	}
+	for i, c := range cursors {
+		if !strings.HasPrefix(c, "ev_") || len(c) != len("ev_")+26 {
+			t.Fatalf("cursor %d = %q, want ev_ and 26 digits", i, c)
+		}
+		if i > 0 && c <= cursors[i-1] {
+			t.Fatalf("cursor of %q = %q after %q, want strictly increasing in topic order",
+				want[i].Value, c, cursors[i-1])
+		}
+	}
+	for _, sub := range subs {
+		expectQuiet(t, sub)
+	}
 }
 
 func testFetchHonoursContext(t *testing.T, e *env) {

@@ -16,6 +16,7 @@ import (
 	"flag"
 	"fmt"
 	"sync"
+	"time"
 
 	"github.com/rs/zerolog"
 
@@ -65,6 +66,9 @@ func (c *Config) Validate() error {
 type Bus struct {
 	queueSize int
 	log       zerolog.Logger
+	// epoch (unix ms at New) tells this bus's offsets from an earlier
+	// run's: event ids derive from (epoch, offset).
+	epoch int64
 
 	done      chan struct{} // closed by Close; wakes every blocked call
 	closeOnce sync.Once
@@ -84,6 +88,7 @@ func New(cfg Config, log zerolog.Logger) *Bus {
 	return &Bus{
 		queueSize: cfg.QueueSize,
 		log:       log,
+		epoch:     time.Now().UnixMilli(),
 		done:      make(chan struct{}),
 		topics:    make(map[string]*topic),
 	}

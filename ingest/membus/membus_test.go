@@ -300,6 +300,50 @@ func TestEphemeralKeepsUpToQueueSize(t *testing.T) {
 	}
 }
 
+func TestDeliveriesCarryTheBusEpoch(t *testing.T) {
+	before := time.Now().UnixMilli()
+	b := newTestBus(t, 16)
+	after := time.Now().UnixMilli()
+
+	group := mustSubscribe(t, b, "t", "g")
+	eph := mustSubscribe(t, b, "t", "")
+	other := mustSubscribe(t, b, "u", "g")
+	mustPublish(t, b, "t", seq("m", 4)...)
+	mustPublish(t, b, "u", "x")
+	var ds []ingest.Delivery
+	for range 4 {
+		ds = append(ds, mustFetch(t, group), mustFetch(t, eph))
+	}
+	ds = append(ds, mustFetch(t, other))
+	// A redelivery to another member carries the epoch too.
+	if err := group.Close(); err != nil {
+		t.Fatal(err)
+	}
+	ds = append(ds, mustFetch(t, mustSubscribe(t, b, "t", "g")))
+
+	epoch := ds[0].Epoch
+	if epoch == 0 {
+		t.Fatal("delivery without an epoch: ids would collide with an earlier run's")
+	}
+	if epoch < before || epoch > after {
+		t.Fatalf("epoch %d, want the bus's start in unix ms, within [%d, %d]", epoch, before, after)
+	}
+	for i, d := range ds {
+		if d.Epoch != epoch {
+			t.Fatalf("delivery %d (%q at offset %d) has epoch %d, want the bus's %d", i, d.Value, d.Offset, d.Epoch, epoch)
+		}
+	}
+
+	// A later bus (a restart) starts no earlier, so its ids do not sort
+	// before the last run's.
+	b2 := newTestBus(t, 16)
+	s2 := mustSubscribe(t, b2, "t", "g")
+	mustPublish(t, b2, "t", "m")
+	if d := mustFetch(t, s2); d.Epoch < epoch || d.Epoch == 0 {
+		t.Fatalf("second bus epoch %d, want >= the first's %d", d.Epoch, epoch)
+	}
+}
+
 func TestTopicWithoutGroupsKeepsNewest(t *testing.T) {
 	const q = 8
 	b := newTestBus(t, q)

@@ -55,7 +55,7 @@ func (m *member) Fetch(ctx context.Context) (ingest.Delivery, error) {
 			m.outstanding.push(outstanding{offset: off})
 			msg := *t.log.at(int(off - t.base))
 			t.mu.Unlock()
-			return ingest.Delivery{Message: msg, Offset: off, Token: token}, nil
+			return ingest.Delivery{Message: msg, Offset: off, Epoch: t.bus.epoch, Token: token}, nil
 		}
 		wake := m.g.waitChan()
 		t.mu.Unlock()
@@ -159,7 +159,7 @@ func (e *ephemeral) offer(m ingest.Message, off int64, queueSize int) bool {
 			Msg("ephemeral subscriber overflowed; cut off")
 		return false
 	}
-	e.buf.push(ingest.Delivery{Message: m, Offset: off})
+	e.buf.push(ingest.Delivery{Message: m, Offset: off, Epoch: e.t.bus.epoch})
 	e.wakeFetcher()
 	return true
 }
