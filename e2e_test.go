@@ -597,7 +597,7 @@ func TestEndToEndScanCLI(t *testing.T) {
 	port := greeter(t, "SSH-2.0-OpenSSH_9.2p1\r\n")
 	closed := freePort(t)
 	bin := buildTrawl(t)
-	cmd := exec.Command(bin, "scan", "--allow", "127.0.0.0/8", "-p", strconv.Itoa(port)+","+strconv.Itoa(closed), "--modules", "service", "--rate", "100", "127.0.0.1")
+	cmd := exec.Command(bin, "scan", "--allow", "127.0.0.0/8", "-p", strconv.Itoa(port)+","+strconv.Itoa(closed), "--modules", "service", "--rate", "100", "--progress", "on", "127.0.0.1")
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	if err := cmd.Run(); err != nil {
@@ -616,6 +616,10 @@ func TestEndToEndScanCLI(t *testing.T) {
 	}
 	if strings.Join(types, ",") != "port,service" {
 		t.Fatalf("event types %v, want port then service", types)
+	}
+	if !strings.Contains(stderr.String(), "pps") || !strings.Contains(stderr.String(), "ETA") ||
+		!strings.Contains(stderr.String(), "2 probes sent, 1 open ports, 1 module results") {
+		t.Fatalf("progress and summary on stderr: %q", stderr.String())
 	}
 	// bad input: exit code 1 and a message
 	out, err := exec.Command(bin, "scan", "-p", "99999", "127.0.0.1").CombinedOutput()
