@@ -7,7 +7,7 @@ DATA_DIR  ?= ./data
 RUN_FLAGS ?= --scan.allow 127.0.0.0/8
 STATICCHECK_VERSION ?= v0.8.2
 
-.PHONY: build run test test-short bench lint clean
+.PHONY: build run test test-short deps bench lint clean
 
 build:
 	$(GO) build -o $(BIN) .
@@ -15,8 +15,12 @@ build:
 run: build
 	$(BIN) all --data-dir $(DATA_DIR) $(RUN_FLAGS)
 
+# Debian packages the tests run against (installed when root; see .ci/deps).
+deps:
+	bash .ci/deps
+
 # The full suite, with the race detector (what CI runs).
-test:
+test: deps
 	$(GO) vet ./...
 	$(GO) test -race -count=1 -timeout 18m ./...
 
