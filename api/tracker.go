@@ -36,7 +36,7 @@ type Tracker struct {
 	interval time.Duration
 
 	jobs     map[string]*trackedJob
-	finished map[string]bool // jobs already terminal: their late events are ignored
+	finished *ingest.RecentSet // jobs already terminal: their late events are ignored
 	out      *outbox
 }
 
@@ -54,7 +54,7 @@ type trackedJob struct {
 // NewTracker returns a job tracker consuming with the given consumer group.
 func NewTracker(bus ingest.Bus, store JobStore, log zerolog.Logger) *Tracker {
 	return &Tracker{bus: bus, store: store, log: log, group: "tracker", interval: time.Second,
-		jobs: map[string]*trackedJob{}, finished: map[string]bool{}, out: newOutbox()}
+		jobs: map[string]*trackedJob{}, finished: ingest.NewRecentSet(100000), out: newOutbox()}
 }
 
 type trackerInput struct {
@@ -213,7 +213,7 @@ func (t *Tracker) load(ctx context.Context, jobID string) (*trackedJob, error) {
 	if st, ok := t.jobs[jobID]; ok {
 		return st, nil
 	}
-	if t.finished[jobID] {
+	if t.finished.Has(jobID) {
 		return nil, nil
 	}
 	j, err := t.store.Job(ctx, jobID)
@@ -225,21 +225,13 @@ func (t *Tracker) load(ctx context.Context, jobID string) (*trackedJob, error) {
 		return nil, fmt.Errorf("cannot load job %s: %w", jobID, err)
 	}
 	if ingest.Terminal(j.State) {
-		t.markFinished(jobID)
+		t.finished.Add(jobID)
 		return nil, nil
 	}
 	st := &trackedJob{job: j, shards: 1, stats: map[int]ingest.ScanStats{},
 		ports: map[string]struct{}{}, results: map[string]struct{}{}}
 	t.jobs[jobID] = st
 	return st, nil
-}
-
-func (t *Tracker) markFinished(jobID string) {
-	// bounded: forgetting old entries only costs a store lookup later
-	if len(t.finished) > 100000 {
-		t.finished = map[string]bool{}
-	}
-	t.finished[jobID] = true
 }
 
 func (t *Tracker) announce(ctx context.Context, st *trackedJob) error {
@@ -317,7 +309,7 @@ func (t *Tracker) finish(ctx context.Context, st *trackedJob, state, reason stri
 		return err
 	}
 	delete(t.jobs, st.job.ID)
-	t.markFinished(st.job.ID)
+	t.finished.Add(st.job.ID) // bounded: a forgotten job costs one store lookup
 	t.log.Info().Str("job_id", st.job.ID).Str("state", state).Uint64("open_ports", st.job.Counts.OpenPorts).
 		Uint64("results", st.job.Counts.Results).Msg("job finished")
 	return nil

@@ -109,7 +109,7 @@ type Ingester struct {
 	stored, dropped, invalid atomic.Uint64
 	// finished holds the ids of jobs whose terminal job_status was seen.
 	// Only Run's goroutine touches it.
-	finished *recentSet
+	finished *RecentSet
 }
 
 // NewIngester returns an ingester. cfg should be valid; unset fields take
@@ -134,7 +134,7 @@ func NewIngester(cfg IngesterConfig, bus Bus, w EventWriter, log zerolog.Logger)
 		w:          w,
 		log:        log,
 		invalidLog: log.Sample(&zerolog.BurstSampler{Burst: 10, Period: time.Second}),
-		finished:   newRecentSet(finishedJobsRemembered),
+		finished:   NewRecentSet(finishedJobsRemembered),
 	}
 }
 
@@ -299,7 +299,7 @@ func (i *Ingester) add(b *batch, de *decodedEvent) {
 	case e.Origin.JobID == "":
 		i.invalid.Add(1)
 		i.invalidLog.Warn().Int64("offset", off).Str("id", e.ID).Msg("skipping event without a job id")
-	case i.finished.contains(e.Origin.JobID):
+	case i.finished.Has(e.Origin.JobID):
 		// Keeps "the terminal job_status is last" true in storage when a
 		// worker's result straggles in after the job finished.
 		i.dropped.Add(1)
@@ -307,7 +307,7 @@ func (i *Ingester) add(b *batch, de *decodedEvent) {
 			Msg("dropping event after its job's terminal status")
 	default:
 		if de.terminal {
-			i.finished.add(e.Origin.JobID)
+			i.finished.Add(e.Origin.JobID)
 		}
 		b.events = append(b.events, *e)
 	}
@@ -374,36 +374,4 @@ func (i *Ingester) insert(ctx context.Context, events []Event) error {
 		}
 		backoff = min(2*backoff, retryMaxBackoff)
 	}
-}
-
-// recentSet remembers the most recent ids added, up to a bound, evicting the
-// oldest first.
-type recentSet struct {
-	ids   map[string]struct{}
-	order []string // ring of ids in insertion order
-	next  int      // slot the next id overwrites once the ring is full
-	limit int
-}
-
-func newRecentSet(limit int) *recentSet {
-	return &recentSet{ids: make(map[string]struct{}), limit: limit}
-}
-
-func (s *recentSet) contains(id string) bool {
-	_, ok := s.ids[id]
-	return ok
-}
-
-func (s *recentSet) add(id string) {
-	if s.contains(id) {
-		return
-	}
-	if len(s.order) < s.limit {
-		s.order = append(s.order, id)
-	} else {
-		delete(s.ids, s.order[s.next])
-		s.order[s.next] = id
-		s.next = (s.next + 1) % s.limit
-	}
-	s.ids[id] = struct{}{}
 }

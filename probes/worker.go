@@ -486,38 +486,22 @@ func sleepCtx(ctx context.Context, d time.Duration) bool {
 	}
 }
 
-// jobSet is a bounded set of job ids: past its limit the oldest id goes.
+// jobSet is a bounded set of job ids, safe for concurrent use.
 type jobSet struct {
-	mu    sync.RWMutex
-	ids   map[string]struct{}
-	order []string
-	next  int
-	limit int
+	mu  sync.RWMutex
+	ids *ingest.RecentSet
 }
 
-func newJobSet(limit int) *jobSet {
-	return &jobSet{ids: make(map[string]struct{}), limit: limit}
-}
+func newJobSet(limit int) *jobSet { return &jobSet{ids: ingest.NewRecentSet(limit)} }
 
 func (s *jobSet) add(id string) {
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	if _, ok := s.ids[id]; ok {
-		return
-	}
-	if len(s.order) < s.limit {
-		s.order = append(s.order, id)
-	} else {
-		delete(s.ids, s.order[s.next])
-		s.order[s.next] = id
-		s.next = (s.next + 1) % s.limit
-	}
-	s.ids[id] = struct{}{}
+	s.ids.Add(id)
+	s.mu.Unlock()
 }
 
 func (s *jobSet) has(id string) bool {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	_, ok := s.ids[id]
-	return ok
+	return s.ids.Has(id)
 }

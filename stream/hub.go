@@ -5,6 +5,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"trawl/ingest"
 )
 
 // item is one visible event as the hub fans it out. It is immutable once
@@ -58,36 +59,6 @@ func (r *ring) matching(clientID, jobID, since string, upto uint64) []*item {
 	}
 	slices.SortStableFunc(out, func(a, b *item) int { return strings.Compare(a.id, b.id) })
 	return out
-}
-
-// idSet remembers the last cap ids added, forgetting the oldest first.
-type idSet struct {
-	ids  map[string]struct{}
-	fifo []string
-	next int
-}
-
-func newIDSet(capacity int) *idSet {
-	return &idSet{ids: make(map[string]struct{}, capacity), fifo: make([]string, 0, capacity)}
-}
-
-func (s *idSet) add(id string) {
-	if _, ok := s.ids[id]; ok {
-		return
-	}
-	if len(s.fifo) < cap(s.fifo) {
-		s.fifo = append(s.fifo, id)
-	} else {
-		delete(s.ids, s.fifo[s.next])
-		s.fifo[s.next] = id
-		s.next = (s.next + 1) % len(s.fifo)
-	}
-	s.ids[id] = struct{}{}
-}
-
-func (s *idSet) has(id string) bool {
-	_, ok := s.ids[id]
-	return ok
 }
 
 // endReason says why a subscription ended.
@@ -159,7 +130,7 @@ type hub struct {
 	subs     map[string][]*subscriber // by client id
 	count    int
 	ring     ring
-	finished *idSet // job ids whose terminal event went out
+	finished *ingest.RecentSet // job ids whose terminal event went out
 	lastID   string
 	closed   endReason     // set by close: later subscribers are turned away
 	slow     []*subscriber // scratch for publish
@@ -171,7 +142,7 @@ func newHub(queueSize, ringSize int, stats *counters) *hub {
 		stats:     stats,
 		subs:      make(map[string][]*subscriber),
 		ring:      newRing(ringSize),
-		finished:  newIDSet(terminalJobsKept),
+		finished:  ingest.NewRecentSet(terminalJobsKept),
 	}
 }
 
@@ -263,12 +234,12 @@ func (h *hub) publish(it *item) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.lastID = it.id
-	if h.finished.has(it.jobID) {
+	if h.finished.Has(it.jobID) {
 		h.stats.postTerminal.Add(1)
 		return
 	}
 	if it.terminal {
-		h.finished.add(it.jobID)
+		h.finished.Add(it.jobID)
 	}
 	h.stats.events.Add(1)
 	h.ring.add(it)

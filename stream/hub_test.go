@@ -233,17 +233,6 @@ func TestRingKeepsNewestMatching(t *testing.T) {
 	}
 }
 
-func TestIDSetForgetsOldest(t *testing.T) {
-	s := newIDSet(2)
-	s.add("a")
-	s.add("b")
-	s.add("b")
-	s.add("c")
-	if s.has("a") || !s.has("b") || !s.has("c") {
-		t.Fatalf("set %v, want b and c", s.ids)
-	}
-}
-
 func TestHubDropsSlowSubscriberWithoutBlocking(t *testing.T) {
 	var st counters
 	h := newHub(2, 16, &st)

@@ -50,7 +50,7 @@ type session struct {
 	// seen holds the most recently replayed ids: an event the ingester
 	// stored before the bus handed it to this server is replayed from
 	// storage and later arrives live too.
-	seen        *idSet
+	seen        *ingest.RecentSet
 	maxReplayed string
 	batch       int // events written since the last flush
 }
@@ -116,7 +116,7 @@ func (ss *session) flush() error {
 }
 
 func (ss *session) writeReplayed(it *item) endReason {
-	ss.seen.add(it.id)
+	ss.seen.Add(it.id)
 	if it.id > ss.maxReplayed {
 		ss.maxReplayed = it.id
 	}
@@ -130,7 +130,7 @@ func (ss *session) writeReplayed(it *item) endReason {
 func (ss *session) replayStored(ctx context.Context) endReason {
 	ring := ss.sub.replay
 	ss.sub.replay = nil
-	ss.seen = newIDSet(ss.srv.cfg.QueueSize)
+	ss.seen = ingest.NewRecentSet(ss.srv.cfg.QueueSize)
 	j := 0
 	q := storage.EventQuery{ClientID: ss.sub.clientID, JobID: ss.sub.jobID, After: ss.since, Limit: replayPage}
 	for {
@@ -208,7 +208,7 @@ func (ss *session) writeLive(it *item) endReason {
 	if ss.since != "" && it.id <= ss.since {
 		return endNone
 	}
-	if ss.seen != nil && it.id <= ss.maxReplayed && ss.seen.has(it.id) {
+	if ss.seen != nil && it.id <= ss.maxReplayed && ss.seen.Has(it.id) {
 		return endNone
 	}
 	return ss.write(it)
