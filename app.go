@@ -16,7 +16,6 @@ import (
 
 	"trawl/api"
 	"trawl/engine"
-	"trawl/engine/connect"
 	"trawl/ingest"
 	"trawl/ingest/membus"
 	"trawl/probes"
@@ -146,8 +145,7 @@ func newApp(role string, cfg *Config, log zerolog.Logger) (*App, error) {
 		case svcWorker:
 			run = probes.NewWorker(cfg.Worker, bus, reg, logFor(name)).Run
 		case svcScanner:
-			connectCfg := cfg.Connect
-			newTransport := func() (engine.Transport, error) { return connect.New(connectCfg), nil }
+			newTransport := transportFactory(cfg.Transport, cfg.Connect, cfg.Raw, logFor("transport"))
 			run = engine.NewScanner(cfg.Scanner, bus, policy, newTransport, logFor(name)).Run
 		case svcStream:
 			app.streamSv = stream.New(cfg.Stream, bus, store, tokens.Verify, logFor(name))

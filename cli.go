@@ -22,6 +22,7 @@ import (
 	"trawl/api"
 	"trawl/engine"
 	"trawl/engine/connect"
+	"trawl/engine/rawsock"
 	"trawl/ingest"
 	"trawl/ingest/membus"
 	"trawl/probes"
@@ -123,8 +124,11 @@ func runScan(ctx context.Context, args []string, stdout, stderr io.Writer, geten
 	logLevel := fs.String("log.level", "warn", "log level on stderr")
 	var policyCfg engine.PolicyConfig
 	policyCfg.RegisterFlags(fs, "")
+	transport := fs.String("transport", TransportConnect, "how to probe: connect (unprivileged TCP connects) or raw (SYN scan, needs CAP_NET_RAW)")
 	var connectCfg connect.Config
 	connectCfg.RegisterFlags(fs, "connect.")
+	var rawCfg rawsock.Config
+	rawCfg.RegisterFlags(fs, "raw.")
 	var poolCfg probes.PoolConfig
 	poolCfg.RegisterFlags(fs, "probe.")
 	var serviceCfg service.Config
@@ -140,7 +144,10 @@ func runScan(ctx context.Context, args []string, stdout, stderr io.Writer, geten
 		return 1
 	}
 	var errs []error
-	for _, v := range []interface{ Validate() error }{&policyCfg, &connectCfg, &poolCfg, &serviceCfg} {
+	if *transport != TransportConnect && *transport != TransportRaw {
+		errs = append(errs, fmt.Errorf("--transport %q: must be %q or %q", *transport, TransportConnect, TransportRaw))
+	}
+	for _, v := range []interface{ Validate() error }{&policyCfg, &connectCfg, &rawCfg, &poolCfg, &serviceCfg} {
 		if err := v.Validate(); err != nil {
 			errs = append(errs, err)
 		}
@@ -218,9 +225,13 @@ func runScan(ctx context.Context, args []string, stdout, stderr io.Writer, geten
 		stats ingest.ScanStats
 		err   error
 	}
+	tr, err := transportFactory(*transport, connectCfg, rawCfg, log)()
+	if err != nil {
+		return fail("%v", err)
+	}
 	done := make(chan scanDone, 1)
 	go func() {
-		st, err := engine.RunJob(ctx, task, scanCfg, policy, connect.New(connectCfg), bus, log)
+		st, err := engine.RunJob(ctx, task, scanCfg, policy, tr, bus, log)
 		done <- scanDone{st, err}
 	}()
 

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"github.com/rs/zerolog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -12,6 +13,7 @@ import (
 	"trawl/api"
 	"trawl/engine"
 	"trawl/engine/connect"
+	"trawl/engine/rawsock"
 	"trawl/ingest"
 	"trawl/ingest/membus"
 	"trawl/probes"
@@ -30,10 +32,14 @@ type Config struct {
 	LogFormat  string
 	SecretFile string
 
+	// Transport is how the scanner probes: connect or raw.
+	Transport string
+
 	API     api.Config
 	Stream  stream.Config
 	Scanner engine.ScannerConfig
 	Connect connect.Config
+	Raw     rawsock.Config
 	Policy  engine.PolicyConfig
 	Worker  probes.WorkerConfig
 	Service service.Config
@@ -47,6 +53,9 @@ const (
 	BusKafka      = "kafka"
 	StoreEmbedded = "embedded"
 	StoreCH       = "clickhouse"
+
+	TransportConnect = "connect" // unprivileged TCP connects
+	TransportRaw     = "raw"     // SYN scan on AF_PACKET, needs CAP_NET_RAW
 )
 
 // RegisterFlags registers every component's flags.
@@ -61,7 +70,9 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	c.API.RegisterFlags(fs, "api.")
 	c.Stream.RegisterFlags(fs, "stream.")
 	c.Scanner.RegisterFlags(fs, "scanner.")
+	fs.StringVar(&c.Transport, "scanner.transport", TransportConnect, "scanner transport: connect (unprivileged TCP connects) or raw (SYN scan on AF_PACKET, needs CAP_NET_RAW)")
 	c.Connect.RegisterFlags(fs, "connect.")
+	c.Raw.RegisterFlags(fs, "raw.")
 	c.Policy.RegisterFlags(fs, "scan.")
 	c.Worker.RegisterFlags(fs, "worker.")
 	c.Service.RegisterFlags(fs, "service.")
@@ -81,12 +92,15 @@ func (c *Config) Validate() error {
 	if c.Store != StoreEmbedded && c.Store != StoreCH {
 		errs = append(errs, fmt.Errorf("store %q: must be %q or %q", c.Store, StoreEmbedded, StoreCH))
 	}
+	if c.Transport != TransportConnect && c.Transport != TransportRaw {
+		errs = append(errs, fmt.Errorf("scanner.transport %q: must be %q or %q", c.Transport, TransportConnect, TransportRaw))
+	}
 	switch c.LogFormat {
 	case "auto", "console", "json":
 	default:
 		errs = append(errs, fmt.Errorf("log.format %q: must be auto, console or json", c.LogFormat))
 	}
-	for _, v := range []interface{ Validate() error }{&c.API, &c.Stream, &c.Scanner, &c.Connect, &c.Policy, &c.Worker, &c.Service, &c.Ingest, &c.Membus} {
+	for _, v := range []interface{ Validate() error }{&c.API, &c.Stream, &c.Scanner, &c.Connect, &c.Raw, &c.Policy, &c.Worker, &c.Service, &c.Ingest, &c.Membus} {
 		if err := v.Validate(); err != nil {
 			errs = append(errs, err)
 		}
@@ -180,4 +194,19 @@ func readConfigFile(path string) (map[string]string, error) {
 		return nil, fmt.Errorf("cannot read config file: %w", err)
 	}
 	return out, nil
+}
+
+// transportFactory returns the constructor of the configured scanner
+// transport. Each job gets its own transport.
+func transportFactory(transport string, connectCfg connect.Config, rawCfg rawsock.Config, log zerolog.Logger) func() (engine.Transport, error) {
+	if transport == TransportRaw {
+		return func() (engine.Transport, error) {
+			tr, err := rawsock.New(rawCfg, log)
+			if err != nil {
+				return nil, err // not tr: a nil *Transport in an interface is not nil
+			}
+			return tr, nil
+		}
+	}
+	return func() (engine.Transport, error) { return connect.New(connectCfg), nil }
 }

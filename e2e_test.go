@@ -19,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	"trawl/engine/testbed"
 	"trawl/ingest"
 )
 
@@ -640,4 +641,47 @@ func exitCode(err error) int {
 		return ee.ExitCode()
 	}
 	return -1
+}
+
+// TestEndToEndRawScanCLI runs `trawl scan --transport raw` inside the
+// testbed's scanner namespace and compares its output with the ground truth.
+func TestEndToEndRawScanCLI(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs the binary")
+	}
+	if err := testbed.Available(false); err != nil {
+		t.Skipf("skipping: %v", err)
+	}
+	tb := testbed.New(t, testbed.Config{Block: "198.18.0.0/26", OpenPorts: []uint16{22, 80}, DropScannerRST: "40000-40999"})
+	bin := buildTrawl(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	cmd := tb.Command(ctx, tb.ScannerNS, bin, "scan", "--transport", "raw", "--allow", "198.18.0.0/15",
+		"-p", "22,80,443", "--rate", "5000", "198.18.0.0/26")
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("trawl scan --transport raw: %v\n%s", err, stderr.String())
+	}
+	found := map[string]bool{}
+	for _, line := range strings.Split(strings.TrimSpace(stdout.String()), "\n") {
+		var e ingest.Event
+		if err := json.Unmarshal([]byte(line), &e); err != nil || e.Origin.Type != "port" {
+			t.Fatalf("unexpected output line %q", line)
+		}
+		key := fmt.Sprintf("%s:%d", e.Target.IP, e.Target.Port)
+		if found[key] {
+			t.Fatalf("%s reported twice", key)
+		}
+		found[key] = true
+	}
+	truth := tb.Open()
+	for ap := range truth {
+		if !found[ap.String()] {
+			t.Errorf("missed %s", ap)
+		}
+	}
+	if len(found) != len(truth) {
+		t.Fatalf("found %d open ports, ground truth has %d", len(found), len(truth))
+	}
 }

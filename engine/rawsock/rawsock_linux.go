@@ -1,0 +1,335 @@
+package rawsock
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+	"unsafe"
+
+	"github.com/rs/zerolog"
+	"golang.org/x/sys/unix"
+
+	"trawl/engine"
+)
+
+const (
+	maxBatch    = 256                   // frames per sendmmsg
+	recvTimeout = 20 * time.Millisecond // how soon the receiver notices a stop
+	sendBuffer  = 4 << 20
+)
+
+// Stats counts what the transport did; Forged counts replies aimed at our
+// address and ports whose cookie did not match (dropped).
+type Stats struct {
+	Sent, SendErrors, Received, Open, Closed, Forged, Ignored uint64
+}
+
+// Transport is the raw SYN transport: one use (Start, Send…, Close).
+type Transport struct {
+	log    zerolog.Logger
+	res    resolved
+	src    uint32
+	cookie cookie
+	tmpl   *template
+	dec    *decoder
+	txFd   int
+	rxFd   int
+
+	sendMu sync.Mutex // guards the send buffers and txFd
+	frames []byte
+	iovs   []unix.Iovec
+	msgs   []unix.Mmsghdr
+	sll    unix.RawSockaddrLinklayer
+
+	mu      sync.Mutex // guards started, closed
+	started bool
+	closed  bool
+	stop    atomic.Bool
+	ctxDone <-chan struct{}
+	rxDone  chan struct{}
+	onReply func(engine.Reply)
+
+	sent, sendErrors, received, open, closedPorts, forged, ignored atomic.Uint64
+}
+
+// New resolves the interface, source address and gateway MAC, and opens
+// the send and receive sockets (CAP_NET_RAW needed). The sockets belong to
+// the calling thread's network namespace.
+func New(cfg Config, log zerolog.Logger) (*Transport, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("cannot create raw transport: %w", err)
+	}
+	res, err := resolve(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("cannot create raw transport: %w", err)
+	}
+	lo, hi, _ := parsePortRange(cfg.SourcePorts)
+	var key [16]byte
+	if _, err := rand.Read(key[:]); err != nil {
+		return nil, fmt.Errorf("cannot create raw transport: cookie key: %w", err)
+	}
+	t := &Transport{
+		log:    log,
+		res:    res,
+		src:    binary.BigEndian.Uint32(res.src.AsSlice()),
+		cookie: newCookie(binary.LittleEndian.Uint64(key[:8]), binary.LittleEndian.Uint64(key[8:]), lo, hi),
+		txFd:   -1, rxFd: -1,
+		rxDone: make(chan struct{}),
+	}
+	if t.tmpl, err = newTemplate(res.ifi.HardwareAddr, res.dstMAC, t.src, uint8(cfg.TTL), uint16(cfg.Window)); err != nil {
+		return nil, err
+	}
+	t.dec = newDecoder(t.cookie, t.src)
+	if err := t.openSockets(cfg, lo, hi); err != nil {
+		t.closeFds()
+		return nil, fmt.Errorf("cannot create raw transport: %w", err)
+	}
+	t.initBatch()
+	log.Info().Str("interface", res.ifi.Name).Str("source_ip", res.src.String()).
+		Str("gateway_mac", res.dstMAC.String()).Str("source_ports", cfg.SourcePorts).Msg("raw transport ready")
+	return t, nil
+}
+
+func (t *Transport) openSockets(cfg Config, lo, hi uint16) error {
+	var err error
+	// The receive socket: protocol 0 until bound, so nothing is queued
+	// before the filter is in place.
+	if t.rxFd, err = unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, 0); err != nil {
+		return fmt.Errorf("cannot open the receive socket: %w", err)
+	}
+	if err := attachFilter(t.rxFd, replyFilter(t.src, lo, hi)); err != nil {
+		return err
+	}
+	// Our own SYNs also pass the interface; the kernel skips them here.
+	// The decoder would reject them anyway (older kernels lack the option).
+	_ = unix.SetsockoptInt(t.rxFd, unix.SOL_PACKET, unix.PACKET_IGNORE_OUTGOING, 1)
+	if cfg.RecvBuffer > 0 {
+		if unix.SetsockoptInt(t.rxFd, unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, cfg.RecvBuffer) != nil {
+			_ = unix.SetsockoptInt(t.rxFd, unix.SOL_SOCKET, unix.SO_RCVBUF, cfg.RecvBuffer)
+		}
+	}
+	tv := unix.NsecToTimeval(recvTimeout.Nanoseconds())
+	if err := unix.SetsockoptTimeval(t.rxFd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); err != nil {
+		return fmt.Errorf("cannot set the receive timeout: %w", err)
+	}
+	if err := unix.Bind(t.rxFd, &unix.SockaddrLinklayer{Protocol: htons(unix.ETH_P_IP), Ifindex: t.res.ifi.Index}); err != nil {
+		return fmt.Errorf("cannot bind the receive socket to %s: %w", t.res.ifi.Name, err)
+	}
+	// The send socket: protocol 0 and never bound, so it receives nothing;
+	// each message names the interface.
+	if t.txFd, err = unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, 0); err != nil {
+		return fmt.Errorf("cannot open the send socket: %w", err)
+	}
+	if err := attachFilter(t.txFd, dropAll()); err != nil {
+		return err
+	}
+	_ = unix.SetsockoptInt(t.txFd, unix.SOL_SOCKET, unix.SO_SNDBUFFORCE, sendBuffer)
+	if cfg.QdiscBypass {
+		if err := unix.SetsockoptInt(t.txFd, unix.SOL_PACKET, unix.PACKET_QDISC_BYPASS, 1); err != nil {
+			return fmt.Errorf("cannot bypass the qdisc: %w", err)
+		}
+	}
+	return nil
+}
+
+func attachFilter(fd int, prog []unix.SockFilter) error {
+	fprog := unix.SockFprog{Len: uint16(len(prog)), Filter: &prog[0]}
+	if err := unix.SetsockoptSockFprog(fd, unix.SOL_SOCKET, unix.SO_ATTACH_FILTER, &fprog); err != nil {
+		return fmt.Errorf("cannot attach the packet filter: %w", err)
+	}
+	return nil
+}
+
+// initBatch lays out maxBatch frames with their iovecs and messages once;
+// Send only patches frames and passes a prefix of msgs to sendmmsg.
+func (t *Transport) initBatch() {
+	t.sll = unix.RawSockaddrLinklayer{
+		Family: unix.AF_PACKET, Protocol: htons(unix.ETH_P_IP), Ifindex: int32(t.res.ifi.Index), Halen: 6,
+	}
+	copy(t.sll.Addr[:], t.res.dstMAC)
+	t.frames = make([]byte, maxBatch*frameLen)
+	t.iovs = make([]unix.Iovec, maxBatch)
+	t.msgs = make([]unix.Mmsghdr, maxBatch)
+	for i := range t.msgs {
+		t.iovs[i].Base = &t.frames[i*frameLen]
+		t.iovs[i].SetLen(frameLen)
+		t.msgs[i].Hdr.Name = (*byte)(unsafe.Pointer(&t.sll))
+		t.msgs[i].Hdr.Namelen = unix.SizeofSockaddrLinklayer
+		t.msgs[i].Hdr.Iov = &t.iovs[i]
+		t.msgs[i].Hdr.SetIovlen(1)
+	}
+}
+
+// Start implements engine.Transport.
+func (t *Transport) Start(ctx context.Context, onReply func(engine.Reply)) error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.started || t.closed {
+		return errors.New("cannot start raw transport: already used")
+	}
+	t.started = true
+	t.onReply = onReply
+	t.ctxDone = ctx.Done()
+	context.AfterFunc(ctx, func() { t.stop.Store(true) })
+	go t.receive()
+	return nil
+}
+
+// Send implements engine.Transport: it patches each probe into the batch
+// and hands up to maxBatch frames to the kernel per sendmmsg.
+func (t *Transport) Send(ctx context.Context, batch []engine.Probe) error {
+	t.sendMu.Lock()
+	defer t.sendMu.Unlock()
+	if t.txFd < 0 || t.isClosed() {
+		return fmt.Errorf("cannot send: %w", engine.ErrTransportClosed)
+	}
+	for len(batch) > 0 {
+		n := min(len(batch), maxBatch)
+		for i, p := range batch[:n] {
+			seq, sport, id := t.cookie.probe(t.src, p.IP, p.Port)
+			t.tmpl.patch(t.frames[i*frameLen:(i+1)*frameLen], p.IP, p.Port, sport, seq, id)
+		}
+		if err := t.sendFrames(ctx, n); err != nil {
+			return err
+		}
+		batch = batch[n:]
+	}
+	return nil
+}
+
+// sendFrames sends the first n prepared frames, resuming after partial
+// sends; a full device queue (ENOBUFS) is retried after a short pause.
+func (t *Transport) sendFrames(ctx context.Context, n int) error {
+	busy := 0
+	for off := 0; off < n; {
+		r, _, e := unix.Syscall6(unix.SYS_SENDMMSG, uintptr(t.txFd), uintptr(unsafe.Pointer(&t.msgs[off])), uintptr(n-off), 0, 0, 0)
+		switch {
+		case e == 0:
+			off += int(r)
+			t.sent.Add(uint64(r))
+			busy = 0
+		case e == unix.EINTR:
+		case (e == unix.ENOBUFS || e == unix.EAGAIN) && busy < 1000:
+			busy++
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			time.Sleep(50 * time.Microsecond)
+		default:
+			t.sendErrors.Add(uint64(n - off))
+			return fmt.Errorf("cannot send probes: %w", e)
+		}
+	}
+	return nil
+}
+
+func (t *Transport) isClosed() bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.closed
+}
+
+// receive reads replies until stopped; the socket's timeout bounds how
+// long a stop goes unnoticed.
+func (t *Transport) receive() {
+	defer close(t.rxDone)
+	buf := make([]byte, maxReplyLen)
+	var sa unix.RawSockaddrLinklayer
+	for !t.stop.Load() {
+		salen := uint32(unix.SizeofSockaddrLinklayer)
+		r, _, e := unix.Syscall6(unix.SYS_RECVFROM, uintptr(t.rxFd), uintptr(unsafe.Pointer(&buf[0])), uintptr(len(buf)),
+			0, uintptr(unsafe.Pointer(&sa)), uintptr(unsafe.Pointer(&salen)))
+		if e != 0 {
+			if e == unix.EAGAIN || e == unix.EINTR {
+				continue
+			}
+			t.log.Error().Err(e).Msg("raw transport: receive failed, stopping")
+			return
+		}
+		if sa.Pkttype == unix.PACKET_OUTGOING {
+			continue
+		}
+		t.handle(buf[:r])
+	}
+}
+
+// handle validates one frame and reports it.
+func (t *Transport) handle(frame []byte) {
+	t.received.Add(1)
+	rep := t.dec.decode(frame)
+	switch rep.kind {
+	case replyNone:
+		t.ignored.Add(1)
+		return
+	case replyForged:
+		t.forged.Add(1)
+		return
+	case replyOpen:
+		t.open.Add(1)
+	case replyClosed:
+		t.closedPorts.Add(1)
+	}
+	t.onReply(engine.Reply{
+		IP: rep.ip, Port: rep.port, Open: rep.kind == replyOpen, TTL: rep.ttl, Window: rep.window,
+		SrcIP: rep.local, SrcPort: rep.lport,
+	})
+}
+
+// Close implements engine.Transport: no more sends; replies are read for
+// cooldown (less if Start's ctx ends), then the sockets are closed.
+func (t *Transport) Close(cooldown time.Duration) error {
+	t.mu.Lock()
+	if t.closed {
+		t.mu.Unlock()
+		return nil
+	}
+	t.closed = true
+	started := t.started
+	t.mu.Unlock()
+	if started {
+		timer := time.NewTimer(cooldown)
+		select {
+		case <-timer.C:
+		case <-t.ctxDone:
+		}
+		timer.Stop()
+		t.stop.Store(true)
+		<-t.rxDone
+	}
+	t.sendMu.Lock()
+	defer t.sendMu.Unlock()
+	return t.closeFds()
+}
+
+func (t *Transport) closeFds() error {
+	var errs []error
+	for _, fd := range []*int{&t.txFd, &t.rxFd} {
+		if *fd >= 0 {
+			if err := unix.Close(*fd); err != nil {
+				errs = append(errs, fmt.Errorf("cannot close raw socket: %w", err))
+			}
+			*fd = -1
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Stats returns the transport's counters.
+func (t *Transport) Stats() Stats {
+	return Stats{
+		Sent: t.sent.Load(), SendErrors: t.sendErrors.Load(), Received: t.received.Load(),
+		Open: t.open.Load(), Closed: t.closedPorts.Load(), Forged: t.forged.Load(), Ignored: t.ignored.Load(),
+	}
+}
+
+// Interface, SourceIP and GatewayMAC report what New resolved.
+func (t *Transport) Interface() string  { return t.res.ifi.Name }
+func (t *Transport) SourceIP() string   { return t.res.src.String() }
+func (t *Transport) GatewayMAC() string { return t.res.dstMAC.String() }
+
+var _ engine.Transport = (*Transport)(nil)

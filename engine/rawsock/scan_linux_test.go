@@ -1,0 +1,250 @@
+package rawsock_test
+
+import (
+	"context"
+	"errors"
+	"net"
+	"net/netip"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"trawl/engine"
+	"trawl/engine/rawsock"
+	"trawl/engine/testbed"
+	"trawl/ingest"
+)
+
+const testPorts = "40000-40999"
+
+// newInScanner creates a raw transport inside tb's scanner namespace,
+// resolving everything from its routes (ARP for the gateway included).
+func newInScanner(t *testing.T, tb *testbed.Testbed, cfg rawsock.Config) *rawsock.Transport {
+	t.Helper()
+	var tr *rawsock.Transport
+	err := tb.InScanner(func() error {
+		var err error
+		tr, err = rawsock.New(cfg, zerolog.New(zerolog.NewTestWriter(t)))
+		return err
+	})
+	if err != nil {
+		t.Fatalf("rawsock.New: %v", err)
+	}
+	t.Cleanup(func() { _ = tr.Close(0) })
+	return tr
+}
+
+func defaultConfig() rawsock.Config {
+	c := rawsock.DefaultConfig()
+	c.SourcePorts = testPorts
+	return c
+}
+
+// scanTestbed scans block × ports through tr and returns what was found.
+func scanTestbed(t *testing.T, tr engine.Transport, block string, ports []string, rate int) (map[netip.AddrPort]int, engine.Stats) {
+	t.Helper()
+	policy, err := (&engine.PolicyConfig{Allow: []string{"198.18.0.0/15"}}).Build()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var specs []ingest.PortSpec
+	for _, p := range ports {
+		specs = append(specs, ingest.PortSpec{Ports: p})
+	}
+	space, err := engine.NewSpace([]ingest.TaskOptions{{Targets: []string{block}, Ports: specs}}, policy)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	var mu sync.Mutex
+	found := map[netip.AddrPort]int{}
+	st, err := engine.Scan(ctx, engine.ScanConfig{
+		Space: space, Seed: 42, Shards: 1, Rate: rate, Cooldown: time.Second, Transport: tr,
+	}, func(o engine.Open) {
+		mu.Lock()
+		found[netip.AddrPortFrom(engine.Addr(o.IP), o.Port)]++
+		mu.Unlock()
+	}, nil)
+	if err != nil {
+		t.Fatalf("scan: %v", err)
+	}
+	return found, st
+}
+
+func checkTruth(t *testing.T, tb *testbed.Testbed, found map[netip.AddrPort]int) {
+	t.Helper()
+	truth := tb.Open()
+	missed, extra, dups := 0, 0, 0
+	for ap := range truth {
+		if found[ap] == 0 {
+			if missed++; missed <= 5 {
+				t.Errorf("missed open %s", ap)
+			}
+		}
+	}
+	for ap, n := range found {
+		if !truth[ap] {
+			if extra++; extra <= 5 {
+				t.Errorf("false positive %s", ap)
+			}
+		}
+		if n > 1 {
+			dups++
+		}
+	}
+	if missed+extra+dups > 0 {
+		t.Errorf("truth %d, found %d: missed %d, false positives %d, reported twice %d", len(truth), len(found), missed, extra, dups)
+	}
+}
+
+func TestScanDenseBlockFindsExactlyTheOpenPorts(t *testing.T) {
+	tb := testbed.New(t, testbed.Config{Block: "198.18.0.0/24", OpenPorts: []uint16{22, 80, 443}})
+	tr := newInScanner(t, tb, defaultConfig())
+	if tr.SourceIP() != tb.ScannerIP.String() || tr.Interface() != tb.ScannerIf {
+		t.Errorf("resolved %s on %s, want %s on %s", tr.SourceIP(), tr.Interface(), tb.ScannerIP, tb.ScannerIf)
+	}
+	var gwMAC string
+	if err := tb.InTarget(func() error {
+		ifi, err := net.InterfaceByName(tb.TargetIf)
+		if err == nil {
+			gwMAC = ifi.HardwareAddr.String()
+		}
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if tr.GatewayMAC() != gwMAC {
+		t.Errorf("gateway MAC %s, want the targets' veth %s", tr.GatewayMAC(), gwMAC)
+	}
+
+	// 8080 is closed: every host answers it with a RST
+	found, st := scanTestbed(t, tr, "198.18.0.0/24", []string{"22", "80", "443", "8080"}, 20000)
+	checkTruth(t, tb, found)
+	rs := tr.Stats()
+	t.Logf("scan %+v; transport %+v", st, rs)
+	if st.Sent != 256*4 || rs.Sent != 256*4 || rs.SendErrors != 0 {
+		t.Errorf("sent %d (transport %d, errors %d), want %d", st.Sent, rs.Sent, rs.SendErrors, 256*4)
+	}
+	if rs.Closed < 256 {
+		t.Errorf("closed replies %d, want at least one RST per host for 8080", rs.Closed)
+	}
+	if rs.Forged != 0 {
+		t.Errorf("%d replies failed validation on a clean network", rs.Forged)
+	}
+}
+
+func TestScanSparseBlockFindsExactlyTheOpenPorts(t *testing.T) {
+	tb := testbed.New(t, testbed.Config{
+		Block: "198.18.16.0/20", OpenPorts: []uint16{22, 443}, SparseFraction: 0.02, Seed: 7,
+		DropScannerRST: testPorts,
+	})
+	tr := newInScanner(t, tb, defaultConfig())
+	found, st := scanTestbed(t, tr, "198.18.16.0/20", []string{"22", "80", "443"}, 50000)
+	checkTruth(t, tb, found)
+	t.Logf("sparse: %d hosts answer; scan %+v; transport %+v", len(tb.Hosts), st, tr.Stats())
+	if len(tb.Hosts) != 82 {
+		t.Errorf("2%% of a /20 is %d hosts, want 82", len(tb.Hosts))
+	}
+}
+
+func TestTransportLifecycle(t *testing.T) {
+	tb := testbed.New(t, testbed.Config{Block: "198.18.1.0/28", OpenPorts: []uint16{80}})
+	cfg := defaultConfig()
+	cfg.GatewayMAC = "02:00:00:00:00:01" // no ARP when given
+	cfg.Interface = tb.ScannerIf
+	tr := newInScanner(t, tb, cfg)
+	if tr.GatewayMAC() != cfg.GatewayMAC {
+		t.Errorf("gateway MAC %s, want the configured one", tr.GatewayMAC())
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	if err := tr.Start(ctx, func(engine.Reply) {}); err != nil {
+		t.Fatal(err)
+	}
+	if err := tr.Start(ctx, func(engine.Reply) {}); err == nil {
+		t.Error("second Start succeeded")
+	}
+	cancel() // Close returns at once when Start's ctx is gone
+	began := time.Now()
+	if err := tr.Close(time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	if time.Since(began) > 5*time.Second {
+		t.Errorf("Close waited %s after ctx ended", time.Since(began))
+	}
+	if err := tr.Send(context.Background(), []engine.Probe{{IP: 0xc6120101, Port: 80}}); !errors.Is(err, engine.ErrTransportClosed) {
+		t.Errorf("Send after Close: %v, want ErrTransportClosed", err)
+	}
+}
+
+func TestNewFailures(t *testing.T) {
+	tb := testbed.New(t, testbed.Config{Block: "198.18.2.0/28", OpenPorts: []uint16{80}})
+	cases := map[string]rawsock.Config{
+		"invalid config":    {SourcePorts: "x"},
+		"unknown interface": func() rawsock.Config { c := defaultConfig(); c.Interface = "nope0"; return c }(),
+		"gateway not answering ARP": func() rawsock.Config {
+			c := defaultConfig()
+			c.RouteTo = "198.19.255.3" // on-link, nobody there
+			return c
+		}(),
+	}
+	for name, cfg := range cases {
+		t.Run(name, func(t *testing.T) {
+			err := tb.InScanner(func() error {
+				tr, err := rawsock.New(cfg, zerolog.Nop())
+				if err == nil {
+					_ = tr.Close(0)
+				}
+				return err
+			})
+			if err == nil {
+				t.Fatal("New succeeded")
+			}
+			t.Log(err)
+		})
+	}
+	t.Run("no route", func(t *testing.T) {
+		err := tb.InTarget(func() error { // the targets' side has no default route
+			_, err := rawsock.New(defaultConfig(), zerolog.Nop())
+			return err
+		})
+		if !errors.Is(err, rawsock.ErrNoRoute) {
+			t.Fatalf("New: %v, want ErrNoRoute", err)
+		}
+	})
+}
+
+// BenchmarkSend measures the send path (patch + sendmmsg) into a testbed
+// whose targets drop everything, per probe.
+func BenchmarkSend(b *testing.B) {
+	tb := testbed.New(b, testbed.Config{Block: "198.18.0.0/16", OpenPorts: []uint16{80}, Sparse: []netip.Addr{}})
+	var tr *rawsock.Transport
+	if err := tb.InScanner(func() error {
+		var err error
+		tr, err = rawsock.New(defaultConfig(), zerolog.Nop())
+		return err
+	}); err != nil {
+		b.Fatal(err)
+	}
+	ctx := context.Background()
+	if err := tr.Start(ctx, func(engine.Reply) {}); err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { _ = tr.Close(0) })
+	batch := make([]engine.Probe, engine.DefaultBatch)
+	b.ReportAllocs()
+	b.ResetTimer()
+	ip := uint32(0xc6120000)
+	for i := 0; i < b.N; i += len(batch) {
+		for j := range batch {
+			ip++
+			batch[j] = engine.Probe{IP: 0xc6120000 | ip&0xffff, Port: 80}
+		}
+		if err := tr.Send(ctx, batch); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
