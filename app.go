@@ -151,7 +151,7 @@ func newApp(role string, cfg *Config, log zerolog.Logger) (*App, error) {
 			app.streamSv = stream.New(cfg.Stream, bus, store, tokens.Verify, logFor(name))
 			run = app.streamSv.Run
 		case svcAPI:
-			app.apiSrv = api.New(cfg.API, api.Deps{Bus: bus, Store: store, Policy: policy, Resolver: net.DefaultResolver,
+			app.apiSrv = api.New(cfg.API, api.Deps{Bus: bus, Store: store, Results: store, Policy: policy, Resolver: net.DefaultResolver,
 				Tokens: tokens, Modules: reg.Names()}, logFor(name))
 			run = app.apiSrv.Run
 		}

@@ -92,13 +92,19 @@ func (c *Config) Validate() error {
 	return errors.Join(errs...)
 }
 
-// Store is the metadata and results storage the API reads and writes.
+// Store is the metadata the API reads and writes (users, jobs): the API
+// node's embedded store.
 type Store interface {
 	UserByAppID(ctx context.Context, appID string) (storage.User, error)
 	CreateJob(ctx context.Context, j storage.Job) error
 	Job(ctx context.Context, id string) (storage.Job, error)
 	Jobs(ctx context.Context, q storage.JobQuery) ([]storage.Job, error)
 	UpdateJob(ctx context.Context, j storage.Job) error
+}
+
+// Results is where the API reads a job's stored events: the embedded store
+// on one machine, ClickHouse at scale.
+type Results interface {
 	Events(ctx context.Context, q storage.EventQuery) ([]ingest.Event, error)
 }
 
@@ -111,6 +117,7 @@ type Publisher interface {
 type Deps struct {
 	Bus      Publisher
 	Store    Store
+	Results  Results
 	Policy   engine.Policy
 	Resolver engine.Resolver
 	Tokens   *Tokens

@@ -318,7 +318,7 @@ func (s *Server) taskResults(rc context.Context, ctx *fasthttp.RequestCtx, clien
 	if err != nil {
 		return err
 	}
-	events, err := s.deps.Store.Events(rc, storage.EventQuery{ClientID: clientID, JobID: j.ID, After: string(ctx.QueryArgs().Peek("cursor")), Limit: limit, ResultsOnly: true})
+	events, err := s.deps.Results.Events(rc, storage.EventQuery{ClientID: clientID, JobID: j.ID, After: string(ctx.QueryArgs().Peek("cursor")), Limit: limit, ResultsOnly: true})
 	if err != nil {
 		return err
 	}
