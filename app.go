@@ -20,6 +20,7 @@ import (
 	"trawl/ingest/membus"
 	"trawl/probes"
 	"trawl/probes/service"
+	"trawl/probes/ssh"
 	"trawl/storage/embedded"
 	"trawl/stream"
 )
@@ -66,9 +67,10 @@ type App struct {
 	streamSv *stream.Server
 }
 
-// modules is the explicit list of probe modules this build runs.
-func modules(cfg *Config) (*probes.Registry, error) {
-	return probes.NewRegistry(service.New(cfg.Service))
+// probeModules is the explicit list of probe modules this build runs, for
+// the worker role and for `trawl scan`.
+func probeModules(svc service.Config, sshCfg ssh.Config) (*probes.Registry, error) {
+	return probes.NewRegistry(service.New(svc), ssh.New(sshCfg))
 }
 
 // newApp wires role from cfg. Roles other than "all" need a network bus:
@@ -126,7 +128,7 @@ func newApp(role string, cfg *Config, log zerolog.Logger) (*App, error) {
 	if err != nil {
 		return nil, err
 	}
-	reg, err := modules(cfg)
+	reg, err := probeModules(cfg.Service, cfg.SSH)
 	if err != nil {
 		return nil, err
 	}

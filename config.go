@@ -18,6 +18,7 @@ import (
 	"trawl/ingest/membus"
 	"trawl/probes"
 	"trawl/probes/service"
+	"trawl/probes/ssh"
 	"trawl/stream"
 )
 
@@ -43,6 +44,7 @@ type Config struct {
 	Policy  engine.PolicyConfig
 	Worker  probes.WorkerConfig
 	Service service.Config
+	SSH     ssh.Config
 	Ingest  ingest.IngesterConfig
 	Membus  membus.Config
 }
@@ -76,6 +78,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	c.Policy.RegisterFlags(fs, "scan.")
 	c.Worker.RegisterFlags(fs, "worker.")
 	c.Service.RegisterFlags(fs, "service.")
+	c.SSH.RegisterFlags(fs, "ssh.")
 	c.Ingest.RegisterFlags(fs, "ingest.")
 	c.Membus.RegisterFlags(fs, "membus.")
 }
@@ -100,7 +103,7 @@ func (c *Config) Validate() error {
 	default:
 		errs = append(errs, fmt.Errorf("log.format %q: must be auto, console or json", c.LogFormat))
 	}
-	for _, v := range []interface{ Validate() error }{&c.API, &c.Stream, &c.Scanner, &c.Connect, &c.Raw, &c.Policy, &c.Worker, &c.Service, &c.Ingest, &c.Membus} {
+	for _, v := range []interface{ Validate() error }{&c.API, &c.Stream, &c.Scanner, &c.Connect, &c.Raw, &c.Policy, &c.Worker, &c.Service, &c.SSH, &c.Ingest, &c.Membus} {
 		if err := v.Validate(); err != nil {
 			errs = append(errs, err)
 		}
