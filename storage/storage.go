@@ -63,3 +63,13 @@ type JobQuery struct {
 	Limit    int
 	State    string // optional filter
 }
+
+// Blob is a binary artifact a probe produced (a VNC screenshot), addressed
+// by the sha256 of its content and owned by the job that produced it.
+type Blob struct {
+	SHA256      string    `json:"sha256"` // hex
+	JobID       string    `json:"job_id"`
+	ContentType string    `json:"content_type"`
+	Data        []byte    `json:"-"`
+	Created     time.Time `json:"created"`
+}

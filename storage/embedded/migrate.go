@@ -74,6 +74,21 @@ var migrations = []migration{
 			`CREATE UNIQUE INDEX events_job_record_id ON events (job_id, record_id)`,
 		},
 	},
+	{
+		name: "blobs",
+		stmts: []string{
+			// content-addressed per job: the same screenshot in two jobs is
+			// two rows, each readable by that job's owner only
+			`CREATE TABLE blobs (
+				sha256       TEXT    NOT NULL,
+				job_id       TEXT    NOT NULL,
+				content_type TEXT    NOT NULL,
+				data         BLOB    NOT NULL,
+				created      INTEGER NOT NULL,
+				PRIMARY KEY (job_id, sha256)
+			)`,
+		},
+	},
 }
 
 // migrate applies the steps of list the database lacks, each in its own
