@@ -17,10 +17,12 @@ import (
 	"trawl/api"
 	"trawl/engine"
 	"trawl/ingest"
+	"trawl/ingest/kafkabus"
 	"trawl/ingest/membus"
 	"trawl/probes"
-	"trawl/probes/service"
-	"trawl/probes/ssh"
+	"trawl/probes/vnc"
+	"trawl/storage"
+	"trawl/storage/clickhouse"
 	"trawl/storage/embedded"
 	"trawl/stream"
 )
@@ -67,10 +69,11 @@ type App struct {
 	streamSv *stream.Server
 }
 
-// probeModules is the explicit list of probe modules this build runs, for
-// the worker role and for `trawl scan`.
-func probeModules(svc service.Config, sshCfg ssh.Config) (*probes.Registry, error) {
-	return probes.NewRegistry(service.New(svc), ssh.New(sshCfg))
+// eventStore is where events are stored and replayed from: the embedded
+// store on one machine, ClickHouse at scale.
+type eventStore interface {
+	InsertEvents(ctx context.Context, events []ingest.Event) error
+	Events(ctx context.Context, q storage.EventQuery) ([]ingest.Event, error)
 }
 
 // newApp wires role from cfg. Roles other than "all" need a network bus:
@@ -82,12 +85,6 @@ func newApp(role string, cfg *Config, log zerolog.Logger) (*App, error) {
 	}
 	if cfg.Bus == BusMemory && role != "all" {
 		return nil, fmt.Errorf("role %q runs as its own process and needs a network bus (--bus kafka) to reach the other roles; the in-process bus (--bus memory) only joins roles inside 'trawl all'", role)
-	}
-	if cfg.Bus == BusKafka {
-		return nil, errors.New("the kafka bus is not available in this build yet; run 'trawl all' with --bus memory")
-	}
-	if cfg.Store == StoreCH {
-		return nil, errors.New("the clickhouse store is not available in this build yet; use --store embedded")
 	}
 	app := &App{cfg: cfg, log: log}
 	need := map[string]bool{}
@@ -103,16 +100,50 @@ func newApp(role string, cfg *Config, log zerolog.Logger) (*App, error) {
 			cfg.API.StreamURL = "http://" + cfg.Stream.Listen
 		}
 	}
+	logFor := func(name string) zerolog.Logger { return log.With().Str("component", name).Logger() }
+	ok = false
+	defer func() {
+		if !ok {
+			app.close()
+		}
+	}()
 
-	bus := membus.New(cfg.Membus, log.With().Str("component", "membus").Logger())
+	var bus ingest.Bus
+	if cfg.Bus == BusKafka {
+		kb, err := kafkabus.New(cfg.Kafka, logFor("kafkabus"))
+		if err != nil {
+			return nil, err
+		}
+		bus = kb
+	} else {
+		bus = membus.New(cfg.Membus, logFor("membus"))
+	}
 	app.closers = append(app.closers, bus.Close)
 
-	dbPath := filepath.Join(cfg.DataDir, "trawl.db")
-	store, err := embedded.Open(context.Background(), dbPath, log.With().Str("component", "store").Logger())
-	if err != nil {
-		return nil, fmt.Errorf("cannot open the embedded store at %s: %w", dbPath, err)
+	// The API node's metadata (users, jobs) lives in its embedded store; so do
+	// events when --store embedded, and the screenshots of 'trawl all'.
+	needEvents := need[svcIngest] || need[svcStream] || need[svcAPI]
+	var meta *embedded.Store
+	if need[svcAPI] || need[svcTracker] || (needEvents && cfg.Store == StoreEmbedded) || role == "all" {
+		dbPath := filepath.Join(cfg.DataDir, "trawl.db")
+		st, err := embedded.Open(context.Background(), dbPath, logFor("store"))
+		if err != nil {
+			return nil, fmt.Errorf("cannot open the embedded store at %s: %w", dbPath, err)
+		}
+		meta = st
+		app.closers = append(app.closers, st.Close)
 	}
-	app.closers = append(app.closers, store.Close)
+	var events eventStore = meta
+	if cfg.Store == StoreCH && needEvents {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		ch, err := clickhouse.Open(ctx, cfg.CH, logFor("clickhouse"))
+		cancel()
+		if err != nil {
+			return nil, err
+		}
+		events = ch
+		app.closers = append(app.closers, ch.Close)
+	}
 
 	var tokens *api.Tokens
 	if need[svcAPI] || need[svcStream] {
@@ -128,11 +159,16 @@ func newApp(role string, cfg *Config, log zerolog.Logger) (*App, error) {
 	if err != nil {
 		return nil, err
 	}
-	reg, err := probeModules(cfg.Service, cfg.SSH)
+	// Screenshots are kept where the API serves them from: in one process
+	// only ('trawl all'); a worker of its own keeps none (the field says so).
+	var shots vnc.ScreenshotStore
+	if role == "all" {
+		shots = api.Screenshots{Store: meta, BaseURL: cfg.API.BaseURL()}
+	}
+	reg, err := probeModules(cfg.Modules, shots)
 	if err != nil {
 		return nil, err
 	}
-	logFor := func(name string) zerolog.Logger { return log.With().Str("component", name).Logger() }
 
 	for _, name := range serviceOrder {
 		if !need[name] {
@@ -141,25 +177,40 @@ func newApp(role string, cfg *Config, log zerolog.Logger) (*App, error) {
 		var run func(context.Context) error
 		switch name {
 		case svcIngest:
-			run = ingest.NewIngester(cfg.Ingest, bus, store, logFor(name)).Run
+			run = ingest.NewIngester(cfg.Ingest, bus, events, logFor(name)).Run
 		case svcTracker:
-			run = api.NewTracker(bus, store, logFor(name)).Run
+			run = api.NewTracker(bus, meta, logFor(name)).Run
 		case svcWorker:
 			run = probes.NewWorker(cfg.Worker, bus, reg, logFor(name)).Run
 		case svcScanner:
 			newTransport := transportFactory(cfg.Transport, cfg.Connect, cfg.Raw, logFor("transport"))
 			run = engine.NewScanner(cfg.Scanner, bus, policy, newTransport, logFor(name)).Run
 		case svcStream:
-			app.streamSv = stream.New(cfg.Stream, bus, store, tokens.Verify, logFor(name))
+			app.streamSv = stream.New(cfg.Stream, bus, events, tokens.Verify, logFor(name))
 			run = app.streamSv.Run
 		case svcAPI:
-			app.apiSrv = api.New(cfg.API, api.Deps{Bus: bus, Store: store, Results: store, Policy: policy, Resolver: net.DefaultResolver,
-				Tokens: tokens, Modules: reg.Names()}, logFor(name))
+			deps := api.Deps{Bus: bus, Store: meta, Results: events, Policy: policy, Resolver: net.DefaultResolver,
+				Tokens: tokens, Modules: reg.Names()}
+			if role == "all" {
+				deps.Blobs = meta
+			}
+			app.apiSrv = api.New(cfg.API, deps, logFor(name))
 			run = app.apiSrv.Run
 		}
 		app.services = append(app.services, roleService{name: name, run: run})
 	}
+	ok = true
 	return app, nil
+}
+
+// close releases what newApp opened, last first.
+func (a *App) close() {
+	for i := len(a.closers) - 1; i >= 0; i-- {
+		if err := a.closers[i](); err != nil {
+			a.log.Warn().Err(err).Msg("close")
+		}
+	}
+	a.closers = nil
 }
 
 // Run starts every service and, when ctx ends or one of them fails, stops
@@ -212,11 +263,7 @@ func (a *App) Run(ctx context.Context) error {
 			a.log.Warn().Str("service", r.name).Msg("service did not stop within 15s")
 		}
 	}
-	for i := len(a.closers) - 1; i >= 0; i-- {
-		if err := a.closers[i](); err != nil {
-			a.log.Warn().Err(err).Msg("close")
-		}
-	}
+	a.close()
 	a.log.Info().Msg("stopped")
 	return first
 }

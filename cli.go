@@ -26,8 +26,6 @@ import (
 	"trawl/ingest"
 	"trawl/ingest/membus"
 	"trawl/probes"
-	"trawl/probes/service"
-	"trawl/probes/ssh"
 	"trawl/storage"
 	"trawl/storage/embedded"
 )
@@ -119,7 +117,7 @@ func runScan(ctx context.Context, args []string, stdout, stderr io.Writer, geten
 	ports := fs.String("p", "", "ports: comma-separated ports and ranges, e.g. 22,80,8000-8100 (required)")
 	fs.StringVar(ports, "ports", "", "same as -p")
 	rate := fs.Int("rate", 1000, "probes per second")
-	mods := fs.String("modules", "", "comma-separated probe modules to run on every open port (e.g. service,ssh)")
+	mods := fs.String("modules", "", "comma-separated probe modules to run on every open port (e.g. service,ssh,ssl,vnc)")
 	seed := fs.Uint64("seed", 0, "permutation seed (0: random)")
 	progress := fs.String("progress", "auto", "progress on stderr: auto (a bar on a terminal), on, off")
 	logLevel := fs.String("log.level", "warn", "log level on stderr")
@@ -132,10 +130,8 @@ func runScan(ctx context.Context, args []string, stdout, stderr io.Writer, geten
 	rawCfg.RegisterFlags(fs, "raw.")
 	var poolCfg probes.PoolConfig
 	poolCfg.RegisterFlags(fs, "probe.")
-	var serviceCfg service.Config
-	serviceCfg.RegisterFlags(fs, "service.")
-	var sshCfg ssh.Config
-	sshCfg.RegisterFlags(fs, "ssh.")
+	var modCfg ModuleConfigs
+	modCfg.RegisterFlags(fs)
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0
@@ -150,7 +146,7 @@ func runScan(ctx context.Context, args []string, stdout, stderr io.Writer, geten
 	if *transport != TransportConnect && *transport != TransportRaw {
 		errs = append(errs, fmt.Errorf("--transport %q: must be %q or %q", *transport, TransportConnect, TransportRaw))
 	}
-	for _, v := range []interface{ Validate() error }{&policyCfg, &connectCfg, &rawCfg, &poolCfg, &serviceCfg, &sshCfg} {
+	for _, v := range []interface{ Validate() error }{&policyCfg, &connectCfg, &rawCfg, &poolCfg, &modCfg} {
 		if err := v.Validate(); err != nil {
 			errs = append(errs, err)
 		}
@@ -172,7 +168,7 @@ func runScan(ctx context.Context, args []string, stdout, stderr io.Writer, geten
 	if err != nil {
 		return fail("%v", err)
 	}
-	reg, err := probeModules(serviceCfg, sshCfg)
+	reg, err := probeModules(modCfg, nil)
 	if err != nil {
 		return fail("%v", err)
 	}

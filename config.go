@@ -15,10 +15,14 @@ import (
 	"trawl/engine/connect"
 	"trawl/engine/rawsock"
 	"trawl/ingest"
+	"trawl/ingest/kafkabus"
 	"trawl/ingest/membus"
 	"trawl/probes"
 	"trawl/probes/service"
 	"trawl/probes/ssh"
+	"trawl/probes/ssl"
+	"trawl/probes/vnc"
+	"trawl/storage/clickhouse"
 	"trawl/stream"
 )
 
@@ -43,8 +47,9 @@ type Config struct {
 	Raw     rawsock.Config
 	Policy  engine.PolicyConfig
 	Worker  probes.WorkerConfig
-	Service service.Config
-	SSH     ssh.Config
+	Modules ModuleConfigs
+	Kafka   kafkabus.Config
+	CH      clickhouse.Config
 	Ingest  ingest.IngesterConfig
 	Membus  membus.Config
 }
@@ -77,8 +82,9 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	c.Raw.RegisterFlags(fs, "raw.")
 	c.Policy.RegisterFlags(fs, "scan.")
 	c.Worker.RegisterFlags(fs, "worker.")
-	c.Service.RegisterFlags(fs, "service.")
-	c.SSH.RegisterFlags(fs, "ssh.")
+	c.Modules.RegisterFlags(fs)
+	c.Kafka.RegisterFlags(fs, "kafka.")
+	c.CH.RegisterFlags(fs, "clickhouse.")
 	c.Ingest.RegisterFlags(fs, "ingest.")
 	c.Membus.RegisterFlags(fs, "membus.")
 }
@@ -103,12 +109,50 @@ func (c *Config) Validate() error {
 	default:
 		errs = append(errs, fmt.Errorf("log.format %q: must be auto, console or json", c.LogFormat))
 	}
-	for _, v := range []interface{ Validate() error }{&c.API, &c.Stream, &c.Scanner, &c.Connect, &c.Raw, &c.Policy, &c.Worker, &c.Service, &c.SSH, &c.Ingest, &c.Membus} {
+	for _, v := range []interface{ Validate() error }{&c.API, &c.Stream, &c.Scanner, &c.Connect, &c.Raw, &c.Policy, &c.Worker, &c.Modules, &c.Ingest, &c.Membus} {
 		if err := v.Validate(); err != nil {
 			errs = append(errs, err)
 		}
 	}
+	if c.Bus == BusKafka {
+		if err := c.Kafka.Validate(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if c.Store == StoreCH {
+		if err := c.CH.Validate(); err != nil {
+			errs = append(errs, err)
+		}
+	}
 	return errors.Join(errs...)
+}
+
+// ModuleConfigs are the probe modules' settings, shared by the worker role
+// and `trawl scan`.
+type ModuleConfigs struct {
+	Service service.Config
+	SSH     ssh.Config
+	SSL     ssl.Config
+	VNC     vnc.Config
+}
+
+// RegisterFlags registers every module's flags under its name.
+func (m *ModuleConfigs) RegisterFlags(fs *flag.FlagSet) {
+	m.Service.RegisterFlags(fs, "service.")
+	m.SSH.RegisterFlags(fs, "ssh.")
+	m.SSL.RegisterFlags(fs, "ssl.")
+	m.VNC.RegisterFlags(fs, "vnc.")
+}
+
+// Validate reports every module's problems.
+func (m *ModuleConfigs) Validate() error {
+	return errors.Join(m.Service.Validate(), m.SSH.Validate(), m.SSL.Validate(), m.VNC.Validate())
+}
+
+// probeModules is the explicit list of probe modules this build runs.
+// shots keeps VNC screenshots; nil leaves them unstored.
+func probeModules(m ModuleConfigs, shots vnc.ScreenshotStore) (*probes.Registry, error) {
+	return probes.NewRegistry(service.New(m.Service), ssh.New(m.SSH), ssl.New(m.SSL), vnc.New(m.VNC, shots))
 }
 
 // secretPath is where the token secret lives.

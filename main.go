@@ -17,6 +17,8 @@ import (
 
 	"github.com/rs/zerolog"
 	"golang.org/x/term"
+
+	"trawl/ingest/kafkabus"
 )
 
 var version = "dev"
@@ -34,6 +36,7 @@ usage:
   trawl scan [flags] TARGET...      one-shot scan: JSON lines to stdout, progress to stderr
   trawl user add --name NAME        create an account; prints its X-APP-ID / X-USER-ID once
   trawl user list | delete ID       list or delete accounts
+  trawl kafka init [flags]          create trawl's Kafka topics (idempotent)
   trawl version
 
 Run 'trawl COMMAND -h' for a command's flags. Every flag can also be set as a
@@ -59,6 +62,8 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer, getenv func(s
 		return runScan(ctx, rest, stdout, stderr, getenv)
 	case cmd == "user":
 		return runUser(ctx, rest, stdout, stderr, getenv)
+	case cmd == "kafka":
+		return runKafka(ctx, rest, stdout, stderr, getenv)
 	case isRole(cmd):
 		return runRole(ctx, cmd, rest, stderr, getenv)
 	}
@@ -88,6 +93,34 @@ func runRole(ctx context.Context, role string, args []string, stderr io.Writer, 
 		log.Error().Err(err).Msg("trawl stopped with an error")
 		return 1
 	}
+	return 0
+}
+
+// runKafka: `trawl kafka init` creates the topics with the configured
+// partitions and replication; running it again changes nothing.
+func runKafka(ctx context.Context, args []string, stdout, stderr io.Writer, getenv func(string) string) int {
+	if len(args) == 0 || args[0] != "init" {
+		fmt.Fprintln(stderr, "usage: trawl kafka init [--kafka.brokers host:port,…] [--kafka.partitions N] [--kafka.replication N]")
+		return 2
+	}
+	fs := flag.NewFlagSet("trawl kafka init", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var cfg Config
+	if err := loadConfig(fs, &cfg, append([]string{"--bus", BusKafka}, args[1:]...), getenv); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		fmt.Fprintf(stderr, "trawl kafka init: invalid configuration:\n%s\n", indent(err.Error()))
+		return 2
+	}
+	ictx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	if err := kafkabus.InitTopics(ictx, cfg.Kafka); err != nil {
+		fmt.Fprintf(stderr, "trawl kafka init: %v\n", err)
+		return 1
+	}
+	fmt.Fprintf(stdout, "topics ready on %s (prefix %q, %d partitions, replication %d)\n",
+		strings.Join(cfg.Kafka.Brokers, ","), cfg.Kafka.TopicPrefix, cfg.Kafka.Partitions, cfg.Kafka.Replication)
 	return 0
 }
 

@@ -38,6 +38,7 @@ func (s *Server) routeTable() []route {
 		r("GET", "/v1/tasks/{id}", true, s.getTask),
 		r("POST", "/v1/tasks/{id}/cancel", true, s.cancelTask),
 		r("GET", "/v1/tasks/{id}/results", true, s.taskResults),
+		r("GET", "/v1/tasks/{id}/screenshots/{name}", true, s.screenshot),
 	}
 }
 
@@ -156,7 +157,9 @@ func (s *Server) login(rc context.Context, ctx *fasthttp.RequestCtx, _ string, _
 }
 
 // HashSecret is how a user id secret is kept: hex sha256.
-func HashSecret(secret string) string {
-	sum := sha256.Sum256([]byte(secret))
+func HashSecret(secret string) string { return sha256Hex([]byte(secret)) }
+
+func sha256Hex(b []byte) string {
+	sum := sha256.Sum256(b)
 	return hex.EncodeToString(sum[:])
 }

@@ -23,6 +23,7 @@ import (
 // Config of the API server.
 type Config struct {
 	Listen       string
+	PublicURL    string // base URL of this API as clients reach it (screenshot links); default http://<listen>
 	StreamURL    string // public base URL of the stream servers, put into stream_url fields
 	MaxBodyBytes int
 	TokenTTL     time.Duration
@@ -52,6 +53,7 @@ func DefaultConfig() Config {
 func (c *Config) RegisterFlags(fs *flag.FlagSet, prefix string) {
 	d := DefaultConfig()
 	fs.StringVar(&c.Listen, prefix+"listen", d.Listen, "API listen address (host:port)")
+	fs.StringVar(&c.PublicURL, prefix+"public-url", "", "base URL of the API as clients reach it, used in links (default: http://<api.listen>)")
 	fs.StringVar(&c.StreamURL, prefix+"stream-url", d.StreamURL, "public base URL of the stream servers, returned in stream_url (default: this process's stream server in 'trawl all'; required for 'trawl api')")
 	fs.IntVar(&c.MaxBodyBytes, prefix+"max-body", d.MaxBodyBytes, "largest request body accepted, in bytes")
 	fs.DurationVar(&c.TokenTTL, prefix+"token-ttl", d.TokenTTL, "lifetime of a client token from /v1/login")
@@ -67,6 +69,9 @@ func (c *Config) Validate() error {
 	var errs []error
 	if _, _, err := net.SplitHostPort(c.Listen); err != nil {
 		errs = append(errs, fmt.Errorf("api.listen %q: %w", c.Listen, err))
+	}
+	if c.PublicURL != "" && !strings.HasPrefix(c.PublicURL, "http://") && !strings.HasPrefix(c.PublicURL, "https://") {
+		errs = append(errs, fmt.Errorf("api.public-url %q: must be an http(s) URL", c.PublicURL))
 	}
 	if c.StreamURL != "" && !strings.HasPrefix(c.StreamURL, "http://") && !strings.HasPrefix(c.StreamURL, "https://") {
 		errs = append(errs, fmt.Errorf("api.stream-url %q: must be an http(s) URL", c.StreamURL))
@@ -118,6 +123,7 @@ type Deps struct {
 	Bus      Publisher
 	Store    Store
 	Results  Results
+	Blobs    BlobStore // screenshots; nil when this node keeps none
 	Policy   engine.Policy
 	Resolver engine.Resolver
 	Tokens   *Tokens
@@ -201,4 +207,12 @@ type fasthttpLogger struct{ log zerolog.Logger }
 
 func (l fasthttpLogger) Printf(format string, args ...any) {
 	l.log.Debug().Msgf(format, args...)
+}
+
+// BaseURL is the API's public URL: PublicURL, else http://<listen>.
+func (c *Config) BaseURL() string {
+	if c.PublicURL != "" {
+		return strings.TrimRight(c.PublicURL, "/")
+	}
+	return "http://" + c.Listen
 }
