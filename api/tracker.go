@@ -83,7 +83,9 @@ func (t *Tracker) Run(ctx context.Context) error {
 			for {
 				d, err := sub.Fetch(gctx)
 				if err != nil {
-					if gctx.Err() != nil {
+					// the bus may close the subscription (its Subscribe ctx
+					// ended) a moment before gctx reports the cancel
+					if ctx.Err() != nil || gctx.Err() != nil {
 						return nil
 					}
 					return fmt.Errorf("cannot fetch %s: %w", topic, err)
