@@ -249,6 +249,10 @@ func TestScaledOutRoles(t *testing.T) {
 			}
 		}
 	}
+	// throughput with the survivors (2 workers, 1 ingester)
+	n, took := grabThroughput(t, ctx, apiURL, token, 100, 40)
+	t.Logf("grab job: %d results end to end in %s (%.0f results/s) with 2 workers and 1 ingester", n, took.Round(time.Millisecond), float64(n)/took.Seconds())
+
 	for name, lines := range map[string]<-chan []byte{"user stream A": userA, "user stream B": userB} {
 		seen := map[string]bool{}
 		timeout := time.After(20 * time.Second)
@@ -265,4 +269,26 @@ func TestScaledOutRoles(t *testing.T) {
 			}
 		}
 	}
+}
+
+// grabThroughput runs a grab job of n results (refused ports, so every probe
+// answers at once) through the scaled-out pipeline and returns its duration.
+func grabThroughput(t *testing.T, ctx context.Context, apiURL, token string, hosts, ports int) (int, time.Duration) {
+	t.Helper()
+	body := fmt.Sprintf(`{"type":"grab","options":[{"targets":["127.0.1.1-127.0.1.%d"],"ports":[{"port":"31000-%d","modules":["service"]}]}]}`, hosts, 31000+ports-1)
+	var created struct {
+		JobID     string `json:"job_id"`
+		StreamURL string `json:"stream_url"`
+	}
+	start := time.Now()
+	if code := doJSON(t, "POST", apiURL+"/v1/tasks", token, nil, body, &created); code != 200 {
+		t.Fatalf("POST grab task: %d", code)
+	}
+	events := collectJob(t, ndjson(t, ctx, created.StreamURL, token), 120*time.Second)
+	took := time.Since(start)
+	s := terminalStatus(t, events)
+	if s.Status != "succeeded" || s.Counts.Results != uint64(hosts*ports) {
+		t.Fatalf("grab job terminal %+v, want %d results", s, hosts*ports)
+	}
+	return int(s.Counts.Results), took
 }

@@ -184,8 +184,10 @@ type OpenPort struct {
 	SourcePort int    `json:"source_port,omitempty"`
 }
 
-// Encode appends the record's wire form to dst. Records are JSON with a "v"
-// field; the encoding is chosen per topic by measurement (see Benchmark*).
+// Encode appends the record's wire form to dst. Tasks and events are JSON
+// with a "v" field (low volume; events go to clients as JSON anyway); open
+// ports use a compact binary form (openport.go). The choice per topic was
+// made by measurement.
 func Encode(dst []byte, rec any) ([]byte, error) {
 	switch r := rec.(type) {
 	case *Event:
@@ -194,6 +196,7 @@ func Encode(dst []byte, rec any) ([]byte, error) {
 		r.V = SchemaVersion
 	case *OpenPort:
 		r.V = SchemaVersion
+		return encodeOpenPort(dst, r), nil
 	default:
 		return dst, fmt.Errorf("cannot encode %T: not a wire record", rec)
 	}
@@ -206,6 +209,14 @@ func Encode(dst []byte, rec any) ([]byte, error) {
 
 // Decode parses a wire record into rec (a *Event, *Task or *OpenPort).
 func Decode(b []byte, rec any) error {
+	if op, ok := rec.(*OpenPort); ok && len(b) > 0 && b[0] == openPortBinaryV1 {
+		return decodeOpenPort(b, op)
+	}
+	if len(b) > 0 && b[0] != '{' && b[0] != ' ' && b[0] != '\n' {
+		if b[0] >= 0xB0 && b[0] <= 0xBF {
+			return fmt.Errorf("cannot decode %T: binary form 0x%X: %w", rec, b[0], ErrVersion)
+		}
+	}
 	if err := json.Unmarshal(b, rec); err != nil {
 		return fmt.Errorf("cannot decode %T: %w", rec, err)
 	}
