@@ -7,7 +7,7 @@ DATA_DIR  ?= ./data
 RUN_FLAGS ?= --scan.allow 127.0.0.0/8
 STATICCHECK_VERSION ?= v0.8.2
 
-.PHONY: build run test test-short deps bench lint clean
+.PHONY: build run test test-short deps bench nmapcmp lint clean
 
 build:
 	$(GO) build -o $(BIN) .
@@ -29,6 +29,10 @@ test-short:
 
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem -count=1 ./...
+
+# service detection side by side with nmap -sV on real servers (root; ~1 min)
+nmapcmp: deps
+	TRAWL_NMAPCMP=1 $(GO) test ./bench/nmapcmp -run TestCompare -v -count=1
 
 lint:
 	$(GO) vet ./...

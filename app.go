@@ -74,6 +74,7 @@ type App struct {
 type eventStore interface {
 	InsertEvents(ctx context.Context, events []ingest.Event) error
 	Events(ctx context.Context, q storage.EventQuery) ([]ingest.Event, error)
+	api.Analytics
 }
 
 // newApp wires role from cfg. Roles other than "all" need a network bus:
@@ -189,7 +190,7 @@ func newApp(role string, cfg *Config, log zerolog.Logger) (*App, error) {
 			app.streamSv = stream.New(cfg.Stream, bus, events, tokens.Verify, logFor(name))
 			run = app.streamSv.Run
 		case svcAPI:
-			deps := api.Deps{Bus: bus, Store: meta, Results: events, Policy: policy, Resolver: net.DefaultResolver,
+			deps := api.Deps{Bus: bus, Store: meta, Results: events, Analytics: events, Policy: policy, Resolver: net.DefaultResolver,
 				Tokens: tokens, Modules: reg.Names()}
 			if role == "all" {
 				deps.Blobs = meta

@@ -128,6 +128,10 @@ type Deps struct {
 	Resolver engine.Resolver
 	Tokens   *Tokens
 	Modules  []string // names of the probe modules workers run
+
+	// Analytics is the configured events store (the one Results reads);
+	// nil: the analytics endpoints answer 503.
+	Analytics Analytics
 }
 
 // Server is the API server.

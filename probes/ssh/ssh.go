@@ -120,14 +120,12 @@ func (m *Module) Probe(ctx context.Context, t probes.Target) (probes.Result, err
 			res.Status, res.Error = probes.Classify(ctx.Err()), ctx.Err().Error()
 		}
 		if first.ident.Line != "" {
-			data["banner"] = first.ident.Line
-			data["identification"] = first.ident
+			putIdentification(data, first.ident)
 		}
 		res.Data = data
 		return res, nil
 	}
-	data["banner"] = first.ident.Line
-	data["identification"] = first.ident
+	putIdentification(data, first.ident)
 	if first.kexInit != nil {
 		k := *first.kexInit
 		data["algorithms"] = k.algorithms()
@@ -348,3 +346,16 @@ func (r *recorder) Write(p []byte) (int, error) {
 }
 
 func (r *recorder) Bytes() []byte { return bytes.Clone(r.buf.Bytes()) }
+
+// putIdentification records the banner, its parse, and — at the top level,
+// where every module puts them for analytics — product and version.
+func putIdentification(data map[string]any, id Identification) {
+	data["banner"] = id.Line
+	data["identification"] = id
+	if id.Product != "" {
+		data["product"] = id.Product
+	}
+	if id.Version != "" {
+		data["version"] = id.Version
+	}
+}

@@ -89,6 +89,17 @@ var migrations = []migration{
 			)`,
 		},
 	},
+	{
+		name: "open ports by job and host",
+		stmts: []string{
+			// Covers a job's open-port analytics: hosts pages walk it in ip
+			// order and stop after a page; ports by port read it without
+			// touching the table. Job first, like events_job_record_id:
+			// only the running jobs' part of the index is written; and
+			// open ports only, so module results cost nothing more.
+			`CREATE INDEX events_job_host ON events (job_id, ip, port) WHERE type = 'port'`,
+		},
+	},
 }
 
 // migrate applies the steps of list the database lacks, each in its own
