@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -196,7 +197,8 @@ func TestScaledOutRoles(t *testing.T) {
 	time.Sleep(2500 * time.Millisecond)
 	workers[0].cmd.Process.Kill()
 	ingesters[0].cmd.Process.Kill()
-	killedAt := time.Since(started)
+	killed := time.Now()
+	killedAt := killed.Sub(started)
 
 	eventsA := collectJob(t, jobA, 120*time.Second)
 	eventsB := collectJob(t, jobB, 30*time.Second)
@@ -211,6 +213,18 @@ func TestScaledOutRoles(t *testing.T) {
 	if elapsed < killedAt+500*time.Millisecond {
 		t.Fatalf("the job finished %s, too soon after the kills at %s to test recovery", elapsed, killedAt)
 	}
+	// consumer lag: how long results waited after the worker died
+	stall, after := stallAfter(eventsA, killed)
+	var lastPort, lastResult int64
+	for _, e := range eventsA {
+		if e.Origin.Type == ingest.TypePort {
+			lastPort = max(lastPort, e.Origin.TS)
+		} else if e.Origin.Module == ingest.ModuleGrabber {
+			lastResult = max(lastResult, e.Origin.TS)
+		}
+	}
+	t.Logf("after the SIGKILL: %d result events (redeliveries included), longest gap %s; last open port found at +%s, last result at +%s (the dead worker's uncommitted ports waited for the rebalance; kafka session timeout 2s)",
+		after, stall.Round(time.Millisecond), time.UnixMilli(lastPort).Sub(started).Round(time.Millisecond), time.UnixMilli(lastResult).Sub(started).Round(time.Millisecond))
 
 	// stored exactly once: the results endpoint reads ClickHouse
 	var stored []ingest.Event
@@ -291,4 +305,27 @@ func grabThroughput(t *testing.T, ctx context.Context, apiURL, token string, hos
 		t.Fatalf("grab job terminal %+v, want %d results", s, hosts*ports)
 	}
 	return int(s.Counts.Results), took
+}
+
+// stallAfter is the longest gap between consecutive module results (by
+// origin.ts, when a worker published them) from killed on: how long the
+// results of a killed worker's partitions waited for Kafka to hand them to
+// the survivors. It also returns how many results came after the kill.
+func stallAfter(events []ingest.Event, killed time.Time) (time.Duration, int) {
+	var stamps []int64
+	for _, e := range events {
+		if e.Origin.Module == ingest.ModuleGrabber {
+			stamps = append(stamps, e.Origin.TS)
+		}
+	}
+	slices.Sort(stamps)
+	var stall time.Duration
+	after := 0
+	for i := 1; i < len(stamps); i++ {
+		if stamps[i] >= killed.UnixMilli() {
+			after++
+			stall = max(stall, time.Duration(stamps[i]-max(stamps[i-1], killed.UnixMilli()))*time.Millisecond)
+		}
+	}
+	return stall, after
 }
