@@ -7,7 +7,7 @@ DATA_DIR  ?= ./data
 RUN_FLAGS ?= --scan.allow 127.0.0.0/8
 STATICCHECK_VERSION ?= v0.8.2
 
-.PHONY: build run test test-short deps bench nmapcmp lint clean
+.PHONY: build run test test-short deps bench bench-scan nmapcmp lint clean
 
 build:
 	$(GO) build -o $(BIN) .
@@ -29,6 +29,12 @@ test-short:
 
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem -count=1 ./...
+
+# trawl's SYN scanner side by side with masscan, zmap and nmap on the netns
+# testbed (root). BENCH_SCAN_FLAGS=--quick runs a /20 at two rates (~3 min).
+BENCH_SCAN_FLAGS ?=
+bench-scan:
+	bash bench/bench-scan.sh $(BENCH_SCAN_FLAGS)
 
 # service detection side by side with nmap -sV on real servers (root; ~1 min)
 nmapcmp: deps

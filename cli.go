@@ -116,7 +116,8 @@ func runScan(ctx context.Context, args []string, stdout, stderr io.Writer, geten
 	}
 	ports := fs.String("p", "", "ports: comma-separated ports and ranges, e.g. 22,80,8000-8100 (required)")
 	fs.StringVar(ports, "ports", "", "same as -p")
-	rate := fs.Int("rate", 1000, "probes per second")
+	rate := fs.Int("rate", 1000, "probes per second (0: as fast as the transport goes)")
+	cooldown := fs.Duration("cooldown", 0, "time to wait for late replies after the last probe (default: the scanner's)")
 	mods := fs.String("modules", "", "comma-separated probe modules to run on every open port (e.g. service,ssh,ssl,vnc)")
 	seed := fs.Uint64("seed", 0, "permutation seed (0: random)")
 	progress := fs.String("progress", "auto", "progress on stderr: auto (a bar on a terminal), on, off")
@@ -157,8 +158,11 @@ func runScan(ctx context.Context, args []string, stdout, stderr io.Writer, geten
 	if *ports == "" {
 		errs = append(errs, errors.New("no ports given (-p 22,80,8000-8100)"))
 	}
-	if *rate < 1 {
-		errs = append(errs, errors.New("--rate must be at least 1"))
+	if *rate < 0 {
+		errs = append(errs, errors.New("--rate must not be negative"))
+	}
+	if *cooldown < 0 {
+		errs = append(errs, errors.New("--cooldown must not be negative"))
 	}
 	if err := errors.Join(errs...); err != nil {
 		return fail("%v", err)
@@ -220,6 +224,9 @@ func runScan(ctx context.Context, args []string, stdout, stderr io.Writer, geten
 	}
 	scanCfg := engine.DefaultScannerConfig()
 	scanCfg.Rate = *rate
+	if *cooldown > 0 {
+		scanCfg.Cooldown = *cooldown
+	}
 	type scanDone struct {
 		stats ingest.ScanStats
 		err   error
