@@ -124,7 +124,8 @@ func runScan(ctx context.Context, args []string, stdout, stderr io.Writer, geten
 	logLevel := fs.String("log.level", "warn", "log level on stderr")
 	var policyCfg engine.PolicyConfig
 	policyCfg.RegisterFlags(fs, "")
-	transport := fs.String("transport", TransportConnect, "how to probe: connect (unprivileged TCP connects) or raw (SYN scan, needs CAP_NET_RAW)")
+	transport := fs.String("transport", TransportConnect, "how to probe: connect (unprivileged TCP connects), raw (SYN scan, needs CAP_NET_RAW) or dry (probes go nowhere: measures the engine)")
+	retries := fs.Int("retries", 0, "probe the targets that did not answer again, up to this many more passes")
 	var connectCfg connect.Config
 	connectCfg.RegisterFlags(fs, "connect.")
 	var rawCfg rawsock.Config
@@ -144,8 +145,8 @@ func runScan(ctx context.Context, args []string, stdout, stderr io.Writer, geten
 		return 1
 	}
 	var errs []error
-	if *transport != TransportConnect && *transport != TransportRaw {
-		errs = append(errs, fmt.Errorf("--transport %q: must be %q or %q", *transport, TransportConnect, TransportRaw))
+	if !validTransport(*transport) {
+		errs = append(errs, fmt.Errorf("--transport %q: must be %q, %q or %q", *transport, TransportConnect, TransportRaw, TransportDry))
 	}
 	for _, v := range []interface{ Validate() error }{&policyCfg, &connectCfg, &rawCfg, &poolCfg, &modCfg} {
 		if err := v.Validate(); err != nil {
@@ -163,6 +164,9 @@ func runScan(ctx context.Context, args []string, stdout, stderr io.Writer, geten
 	}
 	if *cooldown < 0 {
 		errs = append(errs, errors.New("--cooldown must not be negative"))
+	}
+	if *retries < 0 || *retries > 100 {
+		errs = append(errs, fmt.Errorf("--retries must be 0..100, got %d", *retries))
 	}
 	if err := errors.Join(errs...); err != nil {
 		return fail("%v", err)
@@ -224,6 +228,7 @@ func runScan(ctx context.Context, args []string, stdout, stderr io.Writer, geten
 	}
 	scanCfg := engine.DefaultScannerConfig()
 	scanCfg.Rate = *rate
+	scanCfg.Retries = *retries
 	if *cooldown > 0 {
 		scanCfg.Cooldown = *cooldown
 	}

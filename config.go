@@ -13,6 +13,7 @@ import (
 	"trawl/api"
 	"trawl/engine"
 	"trawl/engine/connect"
+	"trawl/engine/fakenet"
 	"trawl/engine/rawsock"
 	"trawl/ingest"
 	"trawl/ingest/kafkabus"
@@ -63,7 +64,13 @@ const (
 
 	TransportConnect = "connect" // unprivileged TCP connects
 	TransportRaw     = "raw"     // SYN scan on AF_PACKET, needs CAP_NET_RAW
+	TransportDry     = "dry"     // probes go nowhere: measures the engine alone
 )
+
+// validTransport reports whether t names a scanner transport.
+func validTransport(t string) bool {
+	return t == TransportConnect || t == TransportRaw || t == TransportDry
+}
 
 // RegisterFlags registers every component's flags.
 func (c *Config) RegisterFlags(fs *flag.FlagSet) {
@@ -77,7 +84,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	c.API.RegisterFlags(fs, "api.")
 	c.Stream.RegisterFlags(fs, "stream.")
 	c.Scanner.RegisterFlags(fs, "scanner.")
-	fs.StringVar(&c.Transport, "scanner.transport", TransportConnect, "scanner transport: connect (unprivileged TCP connects) or raw (SYN scan on AF_PACKET, needs CAP_NET_RAW)")
+	fs.StringVar(&c.Transport, "scanner.transport", TransportConnect, "scanner transport: connect (unprivileged TCP connects), raw (SYN scan on AF_PACKET, needs CAP_NET_RAW) or dry (probes go nowhere)")
 	c.Connect.RegisterFlags(fs, "connect.")
 	c.Raw.RegisterFlags(fs, "raw.")
 	c.Policy.RegisterFlags(fs, "scan.")
@@ -101,8 +108,8 @@ func (c *Config) Validate() error {
 	if c.Store != StoreEmbedded && c.Store != StoreCH {
 		errs = append(errs, fmt.Errorf("store %q: must be %q or %q", c.Store, StoreEmbedded, StoreCH))
 	}
-	if c.Transport != TransportConnect && c.Transport != TransportRaw {
-		errs = append(errs, fmt.Errorf("scanner.transport %q: must be %q or %q", c.Transport, TransportConnect, TransportRaw))
+	if !validTransport(c.Transport) {
+		errs = append(errs, fmt.Errorf("scanner.transport %q: must be %q, %q or %q", c.Transport, TransportConnect, TransportRaw, TransportDry))
 	}
 	switch c.LogFormat {
 	case "auto", "console", "json":
@@ -246,6 +253,9 @@ func readConfigFile(path string) (map[string]string, error) {
 // transportFactory returns the constructor of the configured scanner
 // transport. Each job gets its own transport.
 func transportFactory(transport string, connectCfg connect.Config, rawCfg rawsock.Config, log zerolog.Logger) func() (engine.Transport, error) {
+	if transport == TransportDry {
+		return func() (engine.Transport, error) { return fakenet.NewDry(), nil }
+	}
 	if transport == TransportRaw {
 		return func() (engine.Transport, error) {
 			tr, err := rawsock.New(rawCfg, log)

@@ -28,6 +28,18 @@ type ScanConfig struct {
 	// Shared optionally adds a budget shared with other scans (a scanner's
 	// total rate across its concurrent jobs).
 	Shared *Limiter
+	// Retries is how many more passes probe, after the first, the targets
+	// that have not answered (open or closed): each pass walks the shard in
+	// permutation order at Rate and starts no sooner than Cooldown after
+	// the previous one started. When the space fits BitmapBytes an answered
+	// bitmap limits a pass to the silent targets; otherwise a pass resends
+	// everything (masscan's way) and dedupe absorbs the repeated replies.
+	Retries int
+	// BitmapBytes caps the memory of the per-index bitmaps (exact dedupe,
+	// answered targets); 0 = DefaultBitmapBytes. A larger space dedupes
+	// with a window of DedupeWindow open ports (0 = DefaultDedupeWindow).
+	BitmapBytes  int64
+	DedupeWindow int
 }
 
 func (c *ScanConfig) validate() error {
@@ -41,8 +53,9 @@ func (c *ScanConfig) validate() error {
 	if c.Shards < 1 || c.Shard < 0 || c.Shard >= c.Shards {
 		errs = append(errs, fmt.Errorf("shard %d/%d out of range", c.Shard, c.Shards))
 	}
-	if c.Rate < 0 || c.Batch < 0 || c.Cooldown < 0 || c.StatsInterval < 0 {
-		errs = append(errs, errors.New("negative rate, batch, cooldown or stats interval"))
+	if c.Rate < 0 || c.Batch < 0 || c.Cooldown < 0 || c.StatsInterval < 0 || c.Retries < 0 ||
+		c.BitmapBytes < 0 || c.DedupeWindow < 0 {
+		errs = append(errs, errors.New("negative rate, batch, cooldown, stats interval, retries, bitmap bytes or dedupe window"))
 	}
 	if len(errs) > 0 {
 		return fmt.Errorf("%w: %w", ErrScanConfig, errors.Join(errs...))
@@ -65,12 +78,27 @@ type Open struct {
 // Stats are a scan's running totals. Targets is this shard's share of the
 // space: an estimate while running (shards split the space evenly but for
 // the few permutation elements skipped), exact once the scan completes.
+// Sent counts every probe, retries included (Retried of them in retry
+// passes). Received counts the replies the transport validated, Rejected
+// those it dropped as forged or stale (transports that validate cookies
+// report it, see RejectCounter). Duplicates counts repeated open replies.
+// Progress (0..1) and ETA assume every pass walks the whole shard, so a
+// retry pass that finds little to resend ends sooner than they say.
 type Stats struct {
 	Targets, Sent, Received, Open, Duplicates, SendErrors uint64
+	Retried, Rejected                                     uint64
+	Pass                                                  int // current pass, 0 = first, then the retries
 	PPS, AvgPPS                                           float64
+	Progress                                              float64
 	ETA                                                   time.Duration
 	Elapsed                                               time.Duration
 	Done                                                  bool
+}
+
+// RejectCounter is implemented by transports that validate replies (the
+// raw transport's cookies): Rejected counts the replies dropped.
+type RejectCounter interface {
+	Rejected() uint64
 }
 
 // scan is the state of one Scan shared between the send loop, the reply
@@ -83,13 +111,19 @@ type scan struct {
 	allFull chan struct{} // closed when every entry is full (bounded only)
 	stopNow atomic.Bool   // allFull, readable on the hot path
 
-	mu       sync.Mutex // guards seen, found, matchBuf, fullCount and onOpen calls
-	seen     map[uint64]struct{}
+	answered bitmap        // replied targets by space index; nil unless retrying within the cap
+	rejects  RejectCounter // the transport's, or nil
+	passes   int           // 1 + retries
+
+	mu       sync.Mutex // guards reported, found, matchBuf, nfull and onOpen calls
+	reported *openSet
 	found    []int
 	matchBuf []int
 	nfull    int
 
-	yielded, sent, received, open, dups, sendErrors atomic.Uint64
+	// yielded: indexes walked by the first pass; walked: by all passes
+	yielded, walked, sent, retried, received, open, dups, sendErrors atomic.Uint64
+	pass                                                             atomic.Int64
 }
 
 // Scan walks shard cfg.Shard of cfg.Space in permuted order, sends the
@@ -117,9 +151,11 @@ func Scan(ctx context.Context, cfg ScanConfig, onOpen func(Open), onStats func(S
 		bounded: len(entries) > 0,
 		full:    make([]atomic.Bool, len(entries)),
 		allFull: make(chan struct{}),
-		seen:    make(map[uint64]struct{}),
 		found:   make([]int, len(entries)),
+		passes:  1 + cfg.Retries,
 	}
+	s.rejects, _ = cfg.Transport.(RejectCounter)
+	s.reported, s.answered = newReplySets(cfg)
 	for _, e := range entries {
 		if e.Sample == 0 {
 			s.bounded = false
@@ -139,9 +175,21 @@ func Scan(ctx context.Context, cfg ScanConfig, onOpen func(Open), onStats func(S
 	began := time.Now()
 	ticker := newStatsTicker(s, began, estimate, cfg.StatsInterval, onStats)
 
-	cursor := perm.Shard(cfg.Shard, cfg.Shards)
 	limiter := NewLimiter(cfg.Rate)
-	completed, early := s.sendAll(ctx, cursor, cfg, limiter)
+	passBegan := time.Now()
+	completed, early := s.sendAll(ctx, perm.Shard(cfg.Shard, cfg.Shards), cfg, limiter, 0)
+	firstCompleted := completed
+	for pass := 1; pass <= cfg.Retries && completed && !early; pass++ {
+		// give the previous pass's probes a cooldown to answer: the same
+		// target's two probes are at least a pass's duration apart
+		if !sleepUntil(ctx, passBegan.Add(cfg.Cooldown)) {
+			completed = false
+			break
+		}
+		s.pass.Store(int64(pass))
+		passBegan = time.Now()
+		completed, early = s.sendAll(ctx, perm.Shard(cfg.Shard, cfg.Shards), cfg, limiter, pass)
+	}
 
 	cooldown := cfg.Cooldown
 	if early || ctx.Err() != nil {
@@ -153,8 +201,11 @@ func Scan(ctx context.Context, cfg ScanConfig, onOpen func(Open), onStats func(S
 	final := s.snapshot(began, estimate, ticker.lastSent, ticker.lastTime)
 	final.Done = true
 	final.ETA = 0
-	if completed {
+	if firstCompleted {
 		final.Targets = s.yielded.Load()
+	}
+	if completed || early {
+		final.Progress = 1
 	}
 	if onStats != nil {
 		onStats(final)
@@ -168,13 +219,64 @@ func Scan(ctx context.Context, cfg ScanConfig, onOpen func(Open), onStats func(S
 	return final, nil
 }
 
-// sendAll runs the send loop. completed: the cursor was exhausted; early:
+// newReplySets sizes the scan's reply memory: exact bitmaps when they fit
+// the cap, else a dedupe window and no answered set (retries resend all).
+func newReplySets(cfg ScanConfig) (*openSet, bitmap) {
+	limit := uint64(cfg.BitmapBytes)
+	if limit == 0 {
+		limit = DefaultBitmapBytes
+	}
+	window := cfg.DedupeWindow
+	if window == 0 {
+		window = DefaultDedupeWindow
+	}
+	size := cfg.Space.Size()
+	need := bitmapBytes(size)
+	if cfg.Retries > 0 {
+		need *= 2
+	}
+	if need > limit {
+		return newOpenSet(size, false, window), nil
+	}
+	var answered bitmap
+	if cfg.Retries > 0 {
+		answered = newBitmap(size)
+	}
+	return newOpenSet(size, true, 0), answered
+}
+
+// sleepUntil waits for t; false if ctx ended first.
+func sleepUntil(ctx context.Context, t time.Time) bool {
+	d := time.Until(t)
+	if d <= 0 {
+		return ctx.Err() == nil
+	}
+	timer := time.NewTimer(d)
+	defer timer.Stop()
+	select {
+	case <-timer.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+// sendAll runs one pass of the send loop; a retry pass (pass > 0) skips
+// the targets that answered. completed: the cursor was exhausted; early:
 // every entry reached its sample.
-func (s *scan) sendAll(ctx context.Context, cursor *Cursor, cfg ScanConfig, limiter *Limiter) (completed, early bool) {
+func (s *scan) sendAll(ctx context.Context, cursor *Cursor, cfg ScanConfig, limiter *Limiter, pass int) (completed, early bool) {
 	batch := make([]Probe, 0, cfg.Batch)
-	var yielded uint64
+	var yielded, lastWalked uint64
+	retry := pass > 0
+	count := func() {
+		if !retry {
+			s.yielded.Store(yielded)
+		}
+		s.walked.Add(yielded - lastWalked)
+		lastWalked = yielded
+	}
 	flush := func() bool {
-		s.yielded.Store(yielded)
+		count()
 		if len(batch) == 0 {
 			return true
 		}
@@ -188,6 +290,9 @@ func (s *scan) sendAll(ctx context.Context, cursor *Cursor, cfg ScanConfig, limi
 			s.sendErrors.Add(uint64(len(batch)))
 		} else {
 			s.sent.Add(uint64(len(batch)))
+			if retry {
+				s.retried.Add(uint64(len(batch)))
+			}
 		}
 		batch = batch[:0]
 		return true
@@ -202,6 +307,15 @@ func (s *scan) sendAll(ctx context.Context, cursor *Cursor, cfg ScanConfig, limi
 		if s.space.skip(ip, port, entry, s.full) {
 			if s.stopNow.Load() {
 				return false, true
+			}
+			continue
+		}
+		if retry && s.answered != nil && s.answered.has(idx) {
+			if yielded&4095 == 0 {
+				count() // keep progress moving through answered stretches
+				if ctx.Err() != nil {
+					return false, false
+				}
 			}
 			continue
 		}
@@ -223,21 +337,27 @@ func (s *scan) sendAll(ctx context.Context, cursor *Cursor, cfg ScanConfig, limi
 // handle is the transport's reply callback.
 func (s *scan) handle(r Reply) {
 	s.received.Add(1)
-	if !r.Open {
-		return
+	if !r.Open && s.answered == nil {
+		return // a closed port matters only to the retries' answered set
 	}
-	key := uint64(r.IP)<<16 | uint64(r.Port)
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if _, dup := s.seen[key]; dup {
-		s.dups.Add(1)
-		return
-	}
 	s.matchBuf = s.space.AppendMatch(s.matchBuf[:0], r.IP, r.Port)
 	if len(s.matchBuf) == 0 {
 		return // not a pair of this space: a stray reply
 	}
-	s.seen[key] = struct{}{}
+	// the send loop probes a pair at its first entry's index
+	idx, _ := s.space.indexIn(s.matchBuf[0], r.IP, r.Port)
+	if s.answered != nil {
+		s.answered.set(idx)
+	}
+	if !r.Open {
+		return
+	}
+	if !s.reported.add(idx, uint64(r.IP)<<16|uint64(r.Port)) {
+		s.dups.Add(1)
+		return
+	}
 	var counted []int
 	for _, e := range s.matchBuf {
 		sample := s.space.entries[e].Sample
@@ -276,7 +396,12 @@ func (s *scan) snapshot(began time.Time, estimate, lastSent uint64, lastTime tim
 		Open:       s.open.Load(),
 		Duplicates: s.dups.Load(),
 		SendErrors: s.sendErrors.Load(),
+		Retried:    s.retried.Load(),
+		Pass:       int(s.pass.Load()),
 		Elapsed:    now.Sub(began),
+	}
+	if s.rejects != nil {
+		st.Rejected = s.rejects.Rejected()
 	}
 	if secs := st.Elapsed.Seconds(); secs > 0 {
 		st.AvgPPS = float64(st.Sent) / secs
@@ -284,9 +409,13 @@ func (s *scan) snapshot(began time.Time, estimate, lastSent uint64, lastTime tim
 	if dt := now.Sub(lastTime).Seconds(); dt > 0 && st.Sent >= lastSent {
 		st.PPS = float64(st.Sent-lastSent) / dt
 	}
-	if walked := s.yielded.Load(); walked > 0 && walked < st.Targets {
-		// time per walked index so far, times what is left
-		st.ETA = time.Duration(float64(st.Elapsed) * float64(st.Targets-walked) / float64(walked))
+	total := float64(st.Targets) * float64(s.passes) // every pass walks the shard
+	if walked := float64(s.walked.Load()); walked > 0 && total > 0 {
+		st.Progress = min(walked/total, 1)
+		if walked < total {
+			// time per walked index so far, times what is left
+			st.ETA = time.Duration(float64(st.Elapsed) * (total - walked) / walked)
+		}
 	}
 	return st
 }

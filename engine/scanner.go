@@ -29,6 +29,7 @@ const (
 	publishBatch = 256                   // messages per Publish at most
 	publishEvery = 50 * time.Millisecond // and at least this often
 	drainTimeout = 5 * time.Second       // RunJob publishes this long after ctx ends
+	maxRetries   = 100                   // more passes than this is a typo
 )
 
 // ScannerConfig configures the scanner role.
@@ -38,6 +39,7 @@ type ScannerConfig struct {
 	MaxJobs       int           // jobs running at once; further starts wait
 	Cooldown      time.Duration // how long to wait for late replies after the last probe
 	StatsInterval time.Duration // how often a job publishes scan_stats
+	Retries       int           // extra passes over the targets that did not answer
 }
 
 // DefaultScannerConfig returns the defaults RegisterFlags sets.
@@ -46,7 +48,8 @@ func DefaultScannerConfig() ScannerConfig {
 }
 
 // RegisterFlags registers prefix+"shard" ("i/n"), prefix+"rate",
-// prefix+"max-jobs", prefix+"cooldown" and prefix+"stats-interval".
+// prefix+"max-jobs", prefix+"cooldown", prefix+"stats-interval" and
+// prefix+"retries".
 func (c *ScannerConfig) RegisterFlags(fs *flag.FlagSet, prefix string) {
 	*c = DefaultScannerConfig()
 	fs.Var(shardFlag{c}, prefix+"shard", `this scanner's shard of the target permutation, "i/n" (0 ≤ i < n)`)
@@ -54,6 +57,7 @@ func (c *ScannerConfig) RegisterFlags(fs *flag.FlagSet, prefix string) {
 	fs.IntVar(&c.MaxJobs, prefix+"max-jobs", c.MaxJobs, "jobs scanned at once; later ones wait")
 	fs.DurationVar(&c.Cooldown, prefix+"cooldown", c.Cooldown, "wait for late replies after a job's last probe")
 	fs.DurationVar(&c.StatsInterval, prefix+"stats-interval", c.StatsInterval, "how often a job reports its statistics")
+	fs.IntVar(&c.Retries, prefix+"retries", c.Retries, "probe the targets that did not answer again, up to this many more passes")
 }
 
 // Validate checks the config.
@@ -73,6 +77,9 @@ func (c *ScannerConfig) Validate() error {
 	}
 	if c.StatsInterval <= 0 {
 		errs = append(errs, fmt.Errorf("scanner stats-interval must be positive, got %s", c.StatsInterval))
+	}
+	if c.Retries < 0 || c.Retries > maxRetries {
+		errs = append(errs, fmt.Errorf("scanner retries must be 0..%d, got %d", maxRetries, c.Retries))
 	}
 	return errors.Join(errs...)
 }
@@ -327,6 +334,7 @@ func runJob(ctx, pubCtx context.Context, task ingest.Task, cfg ScannerConfig, po
 		scanCfg := ScanConfig{
 			Space: space, Seed: seed, Shard: cfg.Shard, Shards: cfg.Shards, Rate: rate,
 			Cooldown: cfg.Cooldown, Transport: tr, StatsInterval: cfg.StatsInterval, Shared: shared,
+			Retries: cfg.Retries,
 		}
 		final, err := Scan(ctx, scanCfg, func(o Open) { jp.open(space, o) }, func(st Stats) {
 			if !st.Done {

@@ -327,9 +327,17 @@ func (t *Transport) Stats() Stats {
 	}
 }
 
+// Rejected implements engine.RejectCounter: replies aimed at our address
+// and source ports whose cookie did not match, so the scan's stats show
+// them beside the replies it accepted.
+func (t *Transport) Rejected() uint64 { return t.forged.Load() }
+
 // Interface, SourceIP and GatewayMAC report what New resolved.
 func (t *Transport) Interface() string  { return t.res.ifi.Name }
 func (t *Transport) SourceIP() string   { return t.res.src.String() }
 func (t *Transport) GatewayMAC() string { return t.res.dstMAC.String() }
 
-var _ engine.Transport = (*Transport)(nil)
+var (
+	_ engine.Transport     = (*Transport)(nil)
+	_ engine.RejectCounter = (*Transport)(nil)
+)

@@ -45,6 +45,12 @@ func defaultConfig() rawsock.Config {
 // scanTestbed scans block × ports through tr and returns what was found.
 func scanTestbed(t *testing.T, tr engine.Transport, block string, ports []string, rate int) (map[netip.AddrPort]int, engine.Stats) {
 	t.Helper()
+	return scanTestbedRetries(t, tr, block, ports, rate, 0)
+}
+
+// scanTestbedRetries is scanTestbed with retry passes.
+func scanTestbedRetries(t *testing.T, tr engine.Transport, block string, ports []string, rate, retries int) (map[netip.AddrPort]int, engine.Stats) {
+	t.Helper()
 	policy, err := (&engine.PolicyConfig{Allow: []string{"198.18.0.0/15"}}).Build()
 	if err != nil {
 		t.Fatal(err)
@@ -62,7 +68,7 @@ func scanTestbed(t *testing.T, tr engine.Transport, block string, ports []string
 	var mu sync.Mutex
 	found := map[netip.AddrPort]int{}
 	st, err := engine.Scan(ctx, engine.ScanConfig{
-		Space: space, Seed: 42, Shards: 1, Rate: rate, Cooldown: time.Second, Transport: tr,
+		Space: space, Seed: 42, Shards: 1, Rate: rate, Cooldown: time.Second, Transport: tr, Retries: retries,
 	}, func(o engine.Open) {
 		mu.Lock()
 		found[netip.AddrPortFrom(engine.Addr(o.IP), o.Port)]++
@@ -131,8 +137,11 @@ func TestScanDenseBlockFindsExactlyTheOpenPorts(t *testing.T) {
 	if rs.Closed < 256 {
 		t.Errorf("closed replies %d, want at least one RST per host for 8080", rs.Closed)
 	}
-	if rs.Forged != 0 {
-		t.Errorf("%d replies failed validation on a clean network", rs.Forged)
+	if rs.Forged != 0 || st.Rejected != rs.Forged {
+		t.Errorf("%d replies failed validation on a clean network (scan stats say %d)", rs.Forged, st.Rejected)
+	}
+	if st.Received != rs.Open+rs.Closed {
+		t.Errorf("scan received %d replies, the transport validated %d", st.Received, rs.Open+rs.Closed)
 	}
 }
 
@@ -147,6 +156,23 @@ func TestScanSparseBlockFindsExactlyTheOpenPorts(t *testing.T) {
 	t.Logf("sparse: %d hosts answer; scan %+v; transport %+v", len(tb.Hosts), st, tr.Stats())
 	if len(tb.Hosts) != 82 {
 		t.Errorf("2%% of a /20 is %d hosts, want 82", len(tb.Hosts))
+	}
+}
+
+func TestScanRetriesResendOnlyToSilentTargets(t *testing.T) {
+	tb := testbed.New(t, testbed.Config{
+		Block: "198.18.32.0/22", OpenPorts: []uint16{22}, SparseFraction: 0.05, Seed: 3,
+		DropScannerRST: testPorts,
+	})
+	tr := newInScanner(t, tb, defaultConfig())
+	found, st := scanTestbedRetries(t, tr, "198.18.32.0/22", []string{"22", "80"}, 100000, 2)
+	checkTruth(t, tb, found)
+	t.Logf("%d hosts answer; scan %+v; transport %+v", len(tb.Hosts), st, tr.Stats())
+	// every answering host answers both ports (22 open, 80 with a RST), so
+	// each retry pass resends exactly the silent pairs
+	silent := uint64(1024*2 - 2*len(tb.Hosts))
+	if st.Retried != 2*silent || st.Sent != 1024*2+2*silent || st.Pass != 2 {
+		t.Errorf("sent %d, retried %d in pass %d; want 2 × %d silent pairs resent", st.Sent, st.Retried, st.Pass, silent)
 	}
 }
 

@@ -15,7 +15,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
-	"strings"
 	"testing"
 	"time"
 )
@@ -304,9 +303,5 @@ func (h *Harness) StartExim(port int) *Daemon {
 	Require(h.t, "exim4")
 	s := h.Start("exim4", []string{"exim4", "-bdf", "-oX", h.targetIP.String() + "." + strconv.Itoa(port),
 		"-oP", filepath.Join(h.dir, "exim.pid")}, h.DialReady(port, "220 "))
-	pkg := "exim4-daemon-light"
-	if out, err := exec.Command("dpkg-query", "-W", "-f=${Status}", pkg).Output(); err != nil || !strings.Contains(string(out), "installed") {
-		pkg = "exim4-daemon-heavy"
-	}
-	return h.daemon(s, pkg, map[string]int{"smtp": port})
+	return h.daemon(s, eximPackage(), map[string]int{"smtp": port})
 }
