@@ -87,6 +87,13 @@ func newApp(role string, cfg *Config, log zerolog.Logger) (*App, error) {
 	if cfg.Bus == BusMemory && role != "all" {
 		return nil, fmt.Errorf("role %q runs as its own process and needs a network bus (--bus kafka) to reach the other roles; the in-process bus (--bus memory) only joins roles inside 'trawl all'", role)
 	}
+	if cfg.Bus == BusKafka && cfg.Store == StoreEmbedded && role != "all" {
+		for _, svc := range want {
+			if svc == svcIngest || svc == svcStream || svc == svcAPI {
+				return nil, fmt.Errorf("role %q stores or reads events, and with --bus kafka the roles run apart: use --store clickhouse (an embedded store is private to one process's --data-dir)", role)
+			}
+		}
+	}
 	app := &App{cfg: cfg, log: log}
 	need := map[string]bool{}
 	for _, s := range want {
@@ -180,7 +187,11 @@ func newApp(role string, cfg *Config, log zerolog.Logger) (*App, error) {
 		case svcIngest:
 			run = ingest.NewIngester(cfg.Ingest, bus, events, logFor(name)).Run
 		case svcTracker:
-			run = api.NewTracker(bus, meta, logFor(name)).Run
+			tr := api.NewTracker(bus, meta, logFor(name))
+			if cfg.Bus == BusMemory {
+				tr.FailOrphans(meta) // the in-process bus kept nothing across the restart
+			}
+			run = tr.Run
 		case svcWorker:
 			run = probes.NewWorker(cfg.Worker, bus, reg, logFor(name)).Run
 		case svcScanner:
@@ -296,6 +307,8 @@ func (a *App) announce(ctx context.Context) {
 }
 
 // loadSecret reads the token signing secret, creating it (0600) if missing.
+// A new secret is written to a temporary file and linked into place, so a
+// process starting at the same moment reads either nothing or all of it.
 func loadSecret(path string) ([]byte, error) {
 	b, err := os.ReadFile(path)
 	if err == nil {
@@ -312,20 +325,23 @@ func loadSecret(path string) ([]byte, error) {
 	if _, err := rand.Read(raw); err != nil {
 		return nil, err
 	}
-	s := hex.EncodeToString(raw)
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return nil, fmt.Errorf("cannot create token secret: %w", err)
 	}
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-	if errors.Is(err, os.ErrExist) {
-		return loadSecret(path) // another process created it first
-	}
+	tmp, err := os.CreateTemp(filepath.Dir(path), ".auth.secret-*")
 	if err != nil {
 		return nil, fmt.Errorf("cannot create token secret: %w", err)
 	}
-	defer f.Close()
-	if _, err := f.WriteString(s + "\n"); err != nil {
-		return nil, fmt.Errorf("cannot write token secret: %w", err)
+	defer os.Remove(tmp.Name())
+	_, werr := tmp.WriteString(hex.EncodeToString(raw) + "\n")
+	serr := tmp.Sync()
+	if cerr := tmp.Close(); werr != nil || serr != nil || cerr != nil {
+		return nil, fmt.Errorf("cannot write token secret: %w", errors.Join(werr, serr, cerr))
 	}
-	return []byte(s), nil
+	// CreateTemp made it 0600; Link fails if another process won the race,
+	// and then its secret is the one to use
+	if err := os.Link(tmp.Name(), path); err != nil && !errors.Is(err, os.ErrExist) {
+		return nil, fmt.Errorf("cannot create token secret: %w", err)
+	}
+	return loadSecret(path)
 }

@@ -102,3 +102,38 @@ func TestUserCommands(t *testing.T) {
 		t.Fatalf("user add without --name: exit %d", code)
 	}
 }
+
+func TestLoadSecretCreatesOnceUnderRace(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "sub", "auth.secret")
+	const n = 8
+	secrets := make(chan string, n)
+	errs := make(chan error, n)
+	for i := 0; i < n; i++ {
+		go func() {
+			s, err := loadSecret(path)
+			secrets <- string(s)
+			errs <- err
+		}()
+	}
+	first := ""
+	for i := 0; i < n; i++ {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+		s := <-secrets
+		if first == "" {
+			first = s
+		}
+		if s != first || len(s) < 32 {
+			t.Fatalf("processes disagree on the secret: %q vs %q", s, first)
+		}
+	}
+	fi, err := os.Stat(path)
+	if err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("secret file mode %v, %v; want 0600", fi.Mode().Perm(), err)
+	}
+	os.WriteFile(path, []byte("short\n"), 0o600)
+	if _, err := loadSecret(path); err == nil {
+		t.Fatal("a short secret was accepted")
+	}
+}

@@ -68,6 +68,11 @@ func startAnalyticsAPI(t *testing.T, a Analytics) *analyticsAPI {
 	if addr == "" {
 		t.Fatal("api did not start listening within 5s")
 	}
+	for _, id := range []string{"usr_test", "usr_other"} {
+		if err := store.CreateUser(ctx, storage.User{ID: id, AppID: "app_" + id, SecretHash: HashSecret(id), Created: time.Now()}); err != nil {
+			t.Fatal(err)
+		}
+	}
 	s := &analyticsAPI{url: "http://" + addr, token: tokens.Issue("usr_test"), other: tokens.Issue("usr_other"),
 		job: ingest.NewID("job_"), otherJob: ingest.NewID("job_"), store: store}
 	now := time.Now().UTC()

@@ -79,8 +79,11 @@ func startAPI(t *testing.T, mutate func(*Config)) *testAPI {
 		store.Close()
 	})
 	u := storage.User{ID: "usr_test", AppID: "app_test", SecretHash: HashSecret("secret"), Name: "t", Created: time.Now()}
-	if err := store.CreateUser(ctx, u); err != nil {
-		t.Fatal(err)
+	other := storage.User{ID: "usr_other", AppID: "app_other", SecretHash: HashSecret("other"), Name: "o", Created: time.Now()}
+	for _, u := range []storage.User{u, other} {
+		if err := store.CreateUser(ctx, u); err != nil {
+			t.Fatal(err)
+		}
 	}
 	return &testAPI{url: "http://" + srv.Addr(ctx), token: tokens.Issue(u.ID), bus: bus, store: store, tokens: tokens, tasks: tasks}
 }
@@ -244,6 +247,7 @@ func TestBadInput(t *testing.T) {
 		{"too large", "POST", "/v1/tasks", a.token, `{"description":"` + strings.Repeat("x", 5000) + `"}`, 413, "payload_too_large", "4096"},
 		{"no token", "POST", "/v1/tasks", "", ok("22"), 401, "unauthorized", "X-Token"},
 		{"bad token", "POST", "/v1/tasks", "tk_forged.sig", ok("22"), 401, "unauthorized", "token"},
+		{"token of a deleted account", "GET", "/v1/tasks", a.tokens.Issue("usr_deleted"), "", 401, "unauthorized", "no longer exists"},
 		{"unknown job", "GET", "/v1/tasks/job_nope", a.token, "", 404, "not_found", "job_nope"},
 		{"unknown job results", "GET", "/v1/tasks/job_nope/results", a.token, "", 404, "not_found", ""},
 		{"unknown job cancel", "POST", "/v1/tasks/job_nope/cancel", a.token, "", 404, "not_found", ""},

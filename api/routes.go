@@ -62,21 +62,20 @@ func (s *Server) Handler(ctx *fasthttp.RequestCtx) {
 		if rt.method != method {
 			continue
 		}
+		// fasthttp's RequestCtx is not safe to use as a context.Context
+		// across its server's shutdown; handlers get their own.
+		rc, cancel := context.WithTimeout(context.Background(), s.cfg.RequestTimeout)
+		defer cancel()
 		var clientID string
 		if rt.auth {
-			id, err := s.authenticate(ctx)
+			id, err := s.authenticate(rc, ctx)
 			if err != nil {
 				s.writeError(ctx, err)
 				return
 			}
 			clientID = id
 		}
-		// fasthttp's RequestCtx is not safe to use as a context.Context
-		// across its server's shutdown; handlers get their own.
-		rc, cancel := context.WithTimeout(context.Background(), s.cfg.RequestTimeout)
-		err := rt.handler(rc, ctx, clientID, params)
-		cancel()
-		if err != nil {
+		if err := rt.handler(rc, ctx, clientID, params); err != nil {
 			s.writeError(ctx, err)
 		}
 		return
@@ -110,7 +109,7 @@ func matchPath(pattern, path []string) ([]string, bool) {
 
 // authenticate accepts the client token as X-Token (BinaryEdge),
 // Authorization: Bearer, or X-API-Key.
-func (s *Server) authenticate(ctx *fasthttp.RequestCtx) (string, error) {
+func (s *Server) authenticate(rc context.Context, ctx *fasthttp.RequestCtx) (string, error) {
 	token := string(ctx.Request.Header.Peek("X-Token"))
 	if token == "" {
 		if auth := string(ctx.Request.Header.Peek("Authorization")); auth != "" {
@@ -129,6 +128,12 @@ func (s *Server) authenticate(ctx *fasthttp.RequestCtx) (string, error) {
 	clientID, err := s.deps.Tokens.Verify(token)
 	if err != nil {
 		return "", errUnauthorized("invalid or expired token; log in again at /v1/login")
+	}
+	// tokens are signed, not stored: a deleted account's token is refused here
+	if _, err := s.deps.Store.User(rc, clientID); errors.Is(err, storage.ErrNotFound) {
+		return "", errUnauthorized("the account of this token no longer exists")
+	} else if err != nil {
+		return "", err
 	}
 	return clientID, nil
 }

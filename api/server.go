@@ -101,6 +101,7 @@ func (c *Config) Validate() error {
 // node's embedded store.
 type Store interface {
 	UserByAppID(ctx context.Context, appID string) (storage.User, error)
+	User(ctx context.Context, id string) (storage.User, error)
 	CreateJob(ctx context.Context, j storage.Job) error
 	Job(ctx context.Context, id string) (storage.Job, error)
 	Jobs(ctx context.Context, q storage.JobQuery) ([]storage.Job, error)

@@ -105,6 +105,13 @@ func (s *Server) createTask(rc context.Context, ctx *fasthttp.RequestCtx, client
 			s.log.Error().Err(uerr).Str("job_id", job.ID).Msg("cannot mark unqueued job failed")
 		}
 		s.log.Error().Err(err).Str("job_id", job.ID).Msg("cannot publish task")
+		// A timed-out publish may still have reached the broker: tell the
+		// scanners to drop the job, so a job marked failed never runs.
+		if cmsg, cerr := ingest.Encode(nil, &ingest.Task{Kind: ingest.TaskCancel, JobID: job.ID, ClientID: clientID}); cerr == nil {
+			cctx, ccancel := context.WithTimeout(context.WithoutCancel(rc), 5*time.Second)
+			_ = s.deps.Bus.Publish(cctx, ingest.TopicTasks, ingest.Message{Key: []byte(job.ID), Value: cmsg})
+			ccancel()
+		}
 		return errUnavailable("the task queue is not accepting work; try again")
 	}
 	s.log.Info().Str("job_id", job.ID).Str("client_id", clientID).Str("type", task.Type).Msg("job queued")

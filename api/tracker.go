@@ -35,6 +35,8 @@ type Tracker struct {
 	group    string
 	interval time.Duration
 
+	orphans UnfinishedLister // when set, Run first fails the jobs an earlier run left unfinished
+
 	jobs     map[string]*trackedJob
 	finished *ingest.RecentSet // jobs already terminal: their late events are ignored
 	out      *outbox
@@ -49,12 +51,41 @@ type trackedJob struct {
 	results   map[string]struct{}
 	errors    uint64
 	dirty     bool // progress changed since the last running status
+	restored  bool // loaded from the store only: its counts are the stored ones
 }
 
 // NewTracker returns a job tracker consuming with the given consumer group.
 func NewTracker(bus ingest.Bus, store JobStore, log zerolog.Logger) *Tracker {
 	return &Tracker{bus: bus, store: store, log: log, group: "tracker", interval: time.Second,
 		jobs: map[string]*trackedJob{}, finished: ingest.NewRecentSet(100000), out: newOutbox()}
+}
+
+// UnfinishedLister lists the jobs left queued or running.
+type UnfinishedLister interface {
+	UnfinishedJobs(ctx context.Context) ([]storage.Job, error)
+}
+
+// FailOrphans makes Run start by failing every job an earlier run left
+// queued or running. 'trawl all' uses it: the in-process bus keeps no task
+// or event across a restart, so such jobs could never finish. (On Kafka the
+// scanners' unacked tasks are redelivered instead.)
+func (t *Tracker) FailOrphans(l UnfinishedLister) { t.orphans = l }
+
+func (t *Tracker) failOrphans(ctx context.Context) error {
+	jobs, err := t.orphans.UnfinishedJobs(ctx)
+	if err != nil {
+		return err
+	}
+	for _, j := range jobs {
+		st := &trackedJob{job: j, restored: true}
+		if err := t.finish(ctx, st, ingest.StateFailed, "interrupted: trawl restarted while the job ran"); err != nil {
+			return err
+		}
+	}
+	if len(jobs) > 0 {
+		t.log.Warn().Int("jobs", len(jobs)).Msg("failed the jobs an earlier run left unfinished")
+	}
+	return nil
 }
 
 type trackerInput struct {
@@ -102,6 +133,11 @@ func (t *Tracker) Run(ctx context.Context) error {
 	g.Go(fetch(events, ingest.TopicEvents))
 	g.Go(fetch(tasks, ingest.TopicTasks))
 	g.Go(func() error {
+		if t.orphans != nil {
+			if err := t.failOrphans(gctx); err != nil && gctx.Err() == nil {
+				return fmt.Errorf("cannot fail unfinished jobs: %w", err)
+			}
+		}
 		tick := time.NewTicker(t.interval)
 		defer tick.Stop()
 		for {
@@ -111,13 +147,20 @@ func (t *Tracker) Run(ctx context.Context) error {
 			case <-tick.C:
 				t.flushProgress(gctx)
 			case item := <-in:
-				if err := t.handle(gctx, item); err != nil {
-					if gctx.Err() != nil {
-						return nil
+				// Never move past a message unhandled: an unacked one would
+				// pin the bus (membus retention, Kafka's commit point).
+				// Store errors are transient; retry until they pass.
+				for backoff := 50 * time.Millisecond; ; backoff = min(2*backoff, 5*time.Second) {
+					err := t.handle(gctx, item)
+					if err == nil {
+						break
 					}
-					// not acked: redelivered after a restart of the tracker
-					t.log.Error().Err(err).Str("topic", item.topic).Msg("cannot track message")
-					continue
+					t.log.Error().Err(err).Str("topic", item.topic).Dur("retry_in", backoff).Msg("cannot track message")
+					select {
+					case <-gctx.Done():
+						return nil
+					case <-time.After(backoff):
+					}
 				}
 				if err := item.sub.Ack(gctx, item.d); err != nil && gctx.Err() == nil {
 					t.log.Warn().Err(err).Msg("cannot ack")
@@ -240,8 +283,11 @@ func (t *Tracker) announce(ctx context.Context, st *trackedJob) error {
 	if st.announced {
 		return nil
 	}
+	if err := t.publishStatus(ctx, st, ""); err != nil {
+		return err
+	}
 	st.announced = true
-	return t.publishStatus(ctx, st, "")
+	return nil
 }
 
 // complete: every shard reported done and every dispatched probe has a result.
@@ -330,8 +376,10 @@ func (t *Tracker) flushProgress(ctx context.Context) {
 
 // publishStatus saves the job's state and publishes it as a job_status event.
 func (t *Tracker) publishStatus(ctx context.Context, st *trackedJob, reason string) error {
-	st.job.Counts = st.counts()
-	st.job.Progress = st.progress()
+	if !st.restored {
+		st.job.Counts = st.counts()
+		st.job.Progress = st.progress()
+	}
 	if st.job.State == ingest.StateSucceeded {
 		st.job.Progress = 1
 	}
@@ -382,10 +430,8 @@ func (o *outbox) add(jobID, state string, msg ingest.Message) {
 	o.mu.Lock()
 	replaced := false
 	if state == ingest.StateRunning {
-		for i := range o.pending {
-			if o.pending[i].jobID == jobID && o.pending[i].state == ingest.StateRunning && i == o.lastOf(jobID) {
-				o.pending[i].msg, replaced = msg, true
-			}
+		if i := o.lastOf(jobID); i >= 0 && o.pending[i].state == ingest.StateRunning {
+			o.pending[i].msg, replaced = msg, true
 		}
 	}
 	if !replaced {
@@ -408,8 +454,26 @@ func (o *outbox) lastOf(jobID string) int {
 	return -1
 }
 
-// drain publishes pending items in order until ctx ends.
+// drain publishes pending items in order until ctx ends, then makes one
+// last attempt, bounded, so a terminal status queued just before a shutdown
+// still goes out (the bus closes only after every service stopped).
 func (o *outbox) drain(ctx context.Context, bus ingest.Bus) error {
+	defer func() {
+		o.mu.Lock()
+		batch := o.pending
+		o.pending = nil
+		o.mu.Unlock()
+		if len(batch) == 0 {
+			return
+		}
+		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		msgs := make([]ingest.Message, len(batch))
+		for i, it := range batch {
+			msgs[i] = it.msg
+		}
+		_ = bus.Publish(fctx, ingest.TopicEvents, msgs...)
+	}()
 	for {
 		o.mu.Lock()
 		batch := o.pending
@@ -425,12 +489,19 @@ func (o *outbox) drain(ctx context.Context, bus ingest.Bus) error {
 				if err == nil {
 					break
 				}
+				requeue := func() { // for the last attempt in the deferred flush
+					o.mu.Lock()
+					o.pending = append(batch, o.pending...)
+					o.mu.Unlock()
+				}
 				if ctx.Err() != nil {
+					requeue()
 					return nil
 				}
 				select {
 				case <-time.After(200 * time.Millisecond):
 				case <-ctx.Done():
+					requeue()
 					return nil
 				}
 			}

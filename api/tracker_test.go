@@ -3,6 +3,7 @@ package api
 import (
 	"context"
 	"encoding/json"
+	"strings"
 	"testing"
 	"time"
 
@@ -152,5 +153,44 @@ func TestTrackerCancelAndFailure(t *testing.T) {
 	}
 	if j, _ := e.store.Job(context.Background(), failed); j.State != ingest.StateFailed || j.Error == "" {
 		t.Fatalf("stored failed job %+v", j)
+	}
+}
+
+func TestTrackerFailsOrphansOfAnEarlierRun(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	store, err := embedded.Open(ctx, t.TempDir()+"/t.db", zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	counts := ingest.JobCounts{Targets: 10, Sent: 4, OpenPorts: 1}
+	orphan := storage.Job{ID: ingest.NewID("job_"), ClientID: "usr_1", Type: "scan", State: ingest.StateRunning, Counts: counts, Created: time.Now()}
+	done := storage.Job{ID: ingest.NewID("job_"), ClientID: "usr_1", Type: "scan", State: ingest.StateSucceeded, Created: time.Now()}
+	for _, j := range []storage.Job{orphan, done} {
+		if err := store.CreateJob(ctx, j); err != nil {
+			t.Fatal(err)
+		}
+	}
+	bus := membus.New(membus.DefaultConfig(), zerolog.Nop())
+	defer bus.Close()
+	status, _ := bus.Subscribe(ctx, ingest.TopicEvents, "observer")
+	tr := NewTracker(bus, store, zerolog.Nop())
+	tr.FailOrphans(store)
+	finished := make(chan error, 1)
+	go func() { finished <- tr.Run(ctx) }()
+	e := &trackerEnv{bus: bus, store: store, status: status}
+	got := e.statuses(t, orphan.ID)
+	if last := got[len(got)-1]; last.Status != ingest.StateFailed || !strings.Contains(last.Error, "restarted") || last.Counts != counts {
+		t.Fatalf("orphan's terminal status %+v, want failed with its stored counts", last)
+	}
+	if j, _ := store.Job(ctx, orphan.ID); j.State != ingest.StateFailed || j.Finished.IsZero() || j.Counts != counts {
+		t.Fatalf("stored orphan %+v", j)
+	}
+	if j, _ := store.Job(ctx, done.ID); j.State != ingest.StateSucceeded {
+		t.Fatalf("a finished job was touched: %+v", j)
+	}
+	cancel()
+	if err := <-finished; err != nil {
+		t.Fatal(err)
 	}
 }

@@ -296,9 +296,12 @@ func (i *Ingester) add(b *batch, de *decodedEvent) {
 		i.invalidLog.Warn().Err(de.err).Int64("offset", off).Msg("skipping undecodable event")
 	case e.Internal():
 		// Bookkeeping between roles (scanner statistics); not stored.
-	case e.Origin.JobID == "":
+	case e.Origin.JobID == "" || e.Origin.ClientID == "" || e.Target.Port < 0 || e.Target.Port > 65535:
+		// a store would refuse the whole batch for it, and the retry loop
+		// would then stop ingest for good: skip it here instead
 		i.invalid.Add(1)
-		i.invalidLog.Warn().Int64("offset", off).Str("id", e.ID).Msg("skipping event without a job id")
+		i.invalidLog.Warn().Int64("offset", off).Str("id", e.ID).Str("job_id", e.Origin.JobID).
+			Int("port", e.Target.Port).Msg("skipping event without a job or client id, or with a port out of range")
 	case i.finished.Has(e.Origin.JobID):
 		// Keeps "the terminal job_status is last" true in storage when a
 		// worker's result straggles in after the job finished.

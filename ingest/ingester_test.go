@@ -481,6 +481,7 @@ func TestIngesterSkipsInternalAndInvalidEvents(t *testing.T) {
 	stats := &ingest.Event{Origin: ingest.Origin{JobID: "job_i", Type: ingest.TypeScanStats,
 		Module: ingest.ModuleScanner}, Result: ingest.Result{Data: json.RawMessage(`{"shard":0}`)}}
 	noJob := portEvent("", 1)
+	badPort := portEvent("job_i", 70000) // a store would refuse the whole batch
 	noID := portEvent("job_i", 2) // the normal case: producers leave ids to the bus
 	// A producer that still writes an id (an older build) is overruled by
 	// the delivery's cursor.
@@ -498,18 +499,19 @@ func TestIngesterSkipsInternalAndInvalidEvents(t *testing.T) {
 		ingest.Message{Key: []byte("job_i"), Value: []byte("not json")},
 		ingest.Message{Key: []byte("job_i"), Value: []byte(`{"v":99,"origin":{"job_id":"job_i"}}`)},
 		encode(t, noJob),
+		encode(t, badPort),
 		encode(t, noID),
 		ingest.Message{Key: []byte("job_i"), Value: withIDValue},
 	)
-	waitFor(t, "all acks", func() bool { return bus.acked.Load() == 6 })
+	waitFor(t, "all acks", func() bool { return bus.acked.Load() == 7 })
 	wantStored(t, w, bus, []string{noID.RecordID, withID.RecordID})
-	if got := r.ing.Stats(); got != (ingest.IngesterStats{Stored: 2, Invalid: 3}) {
-		t.Fatalf("Stats = %+v, want Stored 2 Invalid 3 (garbage, newer schema, no job id)", got)
+	if got := r.ing.Stats(); got != (ingest.IngesterStats{Stored: 2, Invalid: 4}) {
+		t.Fatalf("Stats = %+v, want Stored 2 Invalid 4 (garbage, newer schema, no job id, port out of range)", got)
 	}
 
 	// A batch of nothing but skipped deliveries is acked without an insert.
 	publishRaw(t, bus, encode(t, stats))
-	waitFor(t, "ack of a lone internal event", func() bool { return bus.acked.Load() == 7 })
+	waitFor(t, "ack of a lone internal event", func() bool { return bus.acked.Load() == 8 })
 	if n := len(w.batchSizes()); n != 1 {
 		t.Fatalf("writer got %d batches, want 1 (no empty inserts)", n)
 	}

@@ -149,3 +149,26 @@ func nullText(b []byte) any {
 	}
 	return string(b)
 }
+
+// UnfinishedJobs returns every job, of any client, that is queued or running
+// (at most 10000, oldest first): after a restart of 'trawl all' these have
+// lost their in-process bus and cannot finish.
+func (s *Store) UnfinishedJobs(ctx context.Context) ([]storage.Job, error) {
+	rows, err := s.read.QueryContext(ctx, `SELECT `+jobColumns+` FROM jobs WHERE state IN ('queued', 'running') ORDER BY id LIMIT 10000`)
+	if err != nil {
+		return nil, fmt.Errorf("cannot list unfinished jobs: %w", err)
+	}
+	defer rows.Close()
+	var jobs []storage.Job
+	for rows.Next() {
+		j, err := scanJob(rows)
+		if err != nil {
+			return nil, fmt.Errorf("cannot list unfinished jobs: %w", err)
+		}
+		jobs = append(jobs, j)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("cannot list unfinished jobs: %w", err)
+	}
+	return jobs, nil
+}
