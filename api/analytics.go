@@ -72,47 +72,52 @@ func writeData[T any](ctx *fasthttp.RequestCtx, rows []T, extra ...any) {
 	writeJSON(ctx, http.StatusOK, body)
 }
 
-// taskPorts: GET /v1/tasks/{id}/analytics/ports, the job's open ports by
-// port with how many hosts had each open.
-func (s *Server) taskPorts(rc context.Context, ctx *fasthttp.RequestCtx, clientID string, params []string) error {
+// scope answers the common part of the analytics routes: the store, and a
+// query over one job of the caller (params[0], for the /v1/tasks/{id}/…
+// routes) or over all the caller's jobs (the /v1/analytics/… routes).
+func (s *Server) scope(rc context.Context, ctx *fasthttp.RequestCtx, clientID string, params []string, withPort bool) (Analytics, storage.AnalyticsQuery, error) {
 	a, err := s.analytics()
 	if err != nil {
-		return err
+		return nil, storage.AnalyticsQuery{}, err
 	}
-	j, err := s.ownJob(rc, clientID, params[0])
-	if err != nil {
-		return err
+	jobID := ""
+	if len(params) > 0 {
+		j, err := s.ownJob(rc, clientID, params[0])
+		if err != nil {
+			return nil, storage.AnalyticsQuery{}, err
+		}
+		jobID = j.ID
 	}
-	q, err := analyticsQuery(ctx, clientID, j.ID, false)
+	q, err := analyticsQuery(ctx, clientID, jobID, withPort)
+	return a, q, err
+}
+
+// ports: GET /v1/tasks/{id}/analytics/ports and /v1/analytics/top-ports,
+// open ports by port with how many hosts had each open.
+func (s *Server) ports(rc context.Context, ctx *fasthttp.RequestCtx, clientID string, params []string) error {
+	a, q, err := s.scope(rc, ctx, clientID, params, false)
 	if err != nil {
 		return err
 	}
 	rows, err := a.TopPorts(rc, q)
 	if err != nil {
-		return fmt.Errorf("cannot answer task ports: %w", err)
+		return fmt.Errorf("cannot answer top ports: %w", err)
 	}
 	writeData(ctx, rows)
 	return nil
 }
 
-// taskProducts: GET /v1/tasks/{id}/analytics/products?port=, the products
-// and versions the job's modules reported, by endpoints.
-func (s *Server) taskProducts(rc context.Context, ctx *fasthttp.RequestCtx, clientID string, params []string) error {
-	a, err := s.analytics()
-	if err != nil {
-		return err
-	}
-	j, err := s.ownJob(rc, clientID, params[0])
-	if err != nil {
-		return err
-	}
-	q, err := analyticsQuery(ctx, clientID, j.ID, true)
+// products: GET /v1/tasks/{id}/analytics/products?port= and
+// /v1/analytics/top-products?port=, the products and versions the modules
+// reported, by endpoints.
+func (s *Server) products(rc context.Context, ctx *fasthttp.RequestCtx, clientID string, params []string) error {
+	a, q, err := s.scope(rc, ctx, clientID, params, true)
 	if err != nil {
 		return err
 	}
 	rows, err := a.TopProducts(rc, q)
 	if err != nil {
-		return fmt.Errorf("cannot answer task products: %w", err)
+		return fmt.Errorf("cannot answer top products: %w", err)
 	}
 	writeData(ctx, rows)
 	return nil
@@ -121,15 +126,7 @@ func (s *Server) taskProducts(rc context.Context, ctx *fasthttp.RequestCtx, clie
 // taskHosts: GET /v1/tasks/{id}/analytics/hosts?limit=&cursor=, the job's
 // hosts with their open ports, paged by ip.
 func (s *Server) taskHosts(rc context.Context, ctx *fasthttp.RequestCtx, clientID string, params []string) error {
-	a, err := s.analytics()
-	if err != nil {
-		return err
-	}
-	j, err := s.ownJob(rc, clientID, params[0])
-	if err != nil {
-		return err
-	}
-	q, err := analyticsQuery(ctx, clientID, j.ID, false)
+	a, q, err := s.scope(rc, ctx, clientID, params, false)
 	if err != nil {
 		return err
 	}
@@ -143,43 +140,6 @@ func (s *Server) taskHosts(rc context.Context, ctx *fasthttp.RequestCtx, clientI
 		next = rows[len(rows)-1].IP
 	}
 	writeData(ctx, rows, "next_cursor", next)
-	return nil
-}
-
-// topPorts: GET /v1/analytics/top-ports?limit=, over all the caller's jobs.
-func (s *Server) topPorts(rc context.Context, ctx *fasthttp.RequestCtx, clientID string, _ []string) error {
-	a, err := s.analytics()
-	if err != nil {
-		return err
-	}
-	q, err := analyticsQuery(ctx, clientID, "", false)
-	if err != nil {
-		return err
-	}
-	rows, err := a.TopPorts(rc, q)
-	if err != nil {
-		return fmt.Errorf("cannot answer top ports: %w", err)
-	}
-	writeData(ctx, rows)
-	return nil
-}
-
-// topProducts: GET /v1/analytics/top-products?port=&limit=, over all the
-// caller's jobs.
-func (s *Server) topProducts(rc context.Context, ctx *fasthttp.RequestCtx, clientID string, _ []string) error {
-	a, err := s.analytics()
-	if err != nil {
-		return err
-	}
-	q, err := analyticsQuery(ctx, clientID, "", true)
-	if err != nil {
-		return err
-	}
-	rows, err := a.TopProducts(rc, q)
-	if err != nil {
-		return fmt.Errorf("cannot answer top products: %w", err)
-	}
-	writeData(ctx, rows)
 	return nil
 }
 

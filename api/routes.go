@@ -39,11 +39,11 @@ func (s *Server) routeTable() []route {
 		r("POST", "/v1/tasks/{id}/cancel", true, s.cancelTask),
 		r("GET", "/v1/tasks/{id}/results", true, s.taskResults),
 		r("GET", "/v1/tasks/{id}/screenshots/{name}", true, s.screenshot),
-		r("GET", "/v1/tasks/{id}/analytics/ports", true, s.taskPorts),
-		r("GET", "/v1/tasks/{id}/analytics/products", true, s.taskProducts),
+		r("GET", "/v1/tasks/{id}/analytics/ports", true, s.ports),
+		r("GET", "/v1/tasks/{id}/analytics/products", true, s.products),
 		r("GET", "/v1/tasks/{id}/analytics/hosts", true, s.taskHosts),
-		r("GET", "/v1/analytics/top-ports", true, s.topPorts),
-		r("GET", "/v1/analytics/top-products", true, s.topProducts),
+		r("GET", "/v1/analytics/top-ports", true, s.ports),
+		r("GET", "/v1/analytics/top-products", true, s.products),
 		r("GET", "/v1/analytics/ips/{ip}/history", true, s.ipHistory),
 	}
 }

@@ -86,5 +86,13 @@ type Subscription interface {
 	Close() error
 }
 
-// ErrClosed is returned by bus operations after Close.
-var ErrClosed = errors.New("bus closed")
+var (
+	// ErrClosed is returned by bus operations after Close.
+	ErrClosed = errors.New("bus closed")
+	// ErrUnknownDelivery: Ack of a delivery the subscription does not hold
+	// (never handed out, already acked, or another subscription's).
+	ErrUnknownDelivery = errors.New("unknown delivery")
+	// ErrSubscriptionClosed: the subscription was closed, directly or by the
+	// end of its Subscribe context.
+	ErrSubscriptionClosed = errors.New("subscription closed")
+)

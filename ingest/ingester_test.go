@@ -482,7 +482,7 @@ func TestIngesterSkipsInternalAndInvalidEvents(t *testing.T) {
 		Module: ingest.ModuleScanner}, Result: ingest.Result{Data: json.RawMessage(`{"shard":0}`)}}
 	noJob := portEvent("", 1)
 	badPort := portEvent("job_i", 70000) // a store would refuse the whole batch
-	noID := portEvent("job_i", 2) // the normal case: producers leave ids to the bus
+	noID := portEvent("job_i", 2)        // the normal case: producers leave ids to the bus
 	// A producer that still writes an id (an older build) is overruled by
 	// the delivery's cursor.
 	withID := portEvent("job_i", 3)

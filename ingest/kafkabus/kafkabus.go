@@ -67,12 +67,10 @@ import (
 var (
 	// ErrUnreachable: no broker answered within Config.DialTimeout.
 	ErrUnreachable = errors.New("kafka brokers unreachable")
-	// ErrUnknownDelivery: Ack of a delivery this subscription does not hold
-	// (never handed out, or acked already).
-	ErrUnknownDelivery = errors.New("unknown delivery")
-	// ErrSubscriptionClosed: the subscription was closed, directly or by the
-	// end of its Subscribe context.
-	ErrSubscriptionClosed = errors.New("subscription closed")
+	// ErrUnknownDelivery and ErrSubscriptionClosed are the bus-wide errors,
+	// so role code branches on them the same way on every bus.
+	ErrUnknownDelivery    = ingest.ErrUnknownDelivery
+	ErrSubscriptionClosed = ingest.ErrSubscriptionClosed
 )
 
 // metadataTTL is how long the producer's view of the cluster (topics,

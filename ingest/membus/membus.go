@@ -27,12 +27,10 @@ var (
 	// ErrOverflow: an ephemeral subscriber fell QueueSize messages behind and
 	// was cut off; its Fetch returns this from then on.
 	ErrOverflow = errors.New("subscriber overflow")
-	// ErrUnknownDelivery: Ack of a delivery this subscription does not hold
-	// (never handed out, already acked, or from another subscription).
-	ErrUnknownDelivery = errors.New("unknown delivery")
-	// ErrSubscriptionClosed: the subscription was closed, directly or by the
-	// end of its Subscribe context.
-	ErrSubscriptionClosed = errors.New("subscription closed")
+	// ErrUnknownDelivery and ErrSubscriptionClosed are the bus-wide errors,
+	// so role code branches on them the same way on every bus.
+	ErrUnknownDelivery    = ingest.ErrUnknownDelivery
+	ErrSubscriptionClosed = ingest.ErrSubscriptionClosed
 )
 
 // Config sizes the bus.
