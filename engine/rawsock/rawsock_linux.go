@@ -39,6 +39,7 @@ type Transport struct {
 	dec    *decoder
 	txFd   int
 	rxFd   int
+	ring   *rxRing // nil: the receive loop reads with recvfrom
 
 	sendMu sync.Mutex // guards the send buffers and txFd
 	frames []byte
@@ -117,6 +118,7 @@ func (t *Transport) openSockets(cfg Config, lo, hi uint16) error {
 	if err := unix.SetsockoptTimeval(t.rxFd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); err != nil {
 		return fmt.Errorf("cannot set the receive timeout: %w", err)
 	}
+	t.setupRing(cfg.RecvBuffer)
 	if err := unix.Bind(t.rxFd, &unix.SockaddrLinklayer{Protocol: htons(unix.ETH_P_IP), Ifindex: t.res.ifi.Index}); err != nil {
 		return fmt.Errorf("cannot bind the receive socket to %s: %w", t.res.ifi.Name, err)
 	}
@@ -238,6 +240,10 @@ func (t *Transport) isClosed() bool {
 // long a stop goes unnoticed.
 func (t *Transport) receive() {
 	defer close(t.rxDone)
+	if t.ring != nil {
+		t.receiveRing()
+		return
+	}
 	buf := make([]byte, maxReplyLen)
 	var sa unix.RawSockaddrLinklayer
 	for !t.stop.Load() {
@@ -308,6 +314,9 @@ func (t *Transport) Close(cooldown time.Duration) error {
 
 func (t *Transport) closeFds() error {
 	var errs []error
+	if err := t.releaseRing(); err != nil {
+		errs = append(errs, err)
+	}
 	for _, fd := range []*int{&t.txFd, &t.rxFd} {
 		if *fd >= 0 {
 			if err := unix.Close(*fd); err != nil {
