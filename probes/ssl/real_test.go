@@ -183,8 +183,11 @@ func TestRealNginx(t *testing.T) {
 	if v.Weak.TLSv1_0 || v.Weak.TLSv1_1 || v.Weak.CBCInTLS10 || v.Weak.RC4 || v.Weak.SWEET32 || len(v.Weak.Flags) != 0 {
 		t.Errorf("weak %+v", v.Weak)
 	}
+	// nginx on OpenSSL 3 refuses client-initiated renegotiation
+	t.Logf("client renegotiation: %s", v.Renegotiation.ClientRenegotiationReason)
 	if !isTrue(v.Renegotiation.SupportsSecureRenegotiation) || !isFalse(v.Compression.SupportsCompression) ||
-		isTrue(v.Heartbleed.VulnerableToHeartbleed) {
+		isTrue(v.Heartbleed.VulnerableToHeartbleed) || !isFalse(v.Renegotiation.AcceptsClientRenegotiation) ||
+		!isFalse(v.Renegotiation.AcceptsInsecureRenegotiation) {
 		t.Errorf("vulnerabilities %s", mustJSON(t, v))
 	}
 }
@@ -240,6 +243,11 @@ func TestRealApache(t *testing.T) {
 	v := res.Data["vulnerabilities"].(Vulnerabilities)
 	if !v.Weak.TLSv1_0 || !v.Weak.TLSv1_1 || !v.Weak.CBCInTLS10 || v.Weak.RC4 || v.Weak.SWEET32 || v.Weak.Null || v.Weak.Export {
 		t.Errorf("weak %+v", v.Weak)
+	}
+	// mod_ssl on OpenSSL 3 refuses client-initiated renegotiation
+	t.Logf("client renegotiation: %s", v.Renegotiation.ClientRenegotiationReason)
+	if r := v.Renegotiation; !isTrue(r.SupportsSecureRenegotiation) || !isFalse(r.AcceptsClientRenegotiation) || !isFalse(r.AcceptsInsecureRenegotiation) {
+		t.Errorf("renegotiation %s", mustJSON(t, r))
 	}
 
 	// trusting the test CA turns the verdict

@@ -4,8 +4,9 @@
 // verdict, and the behaviours scanners grade (secure renegotiation,
 // compression, fallback SCSV, heartbleed, weak suites). crypto/tls does the
 // default handshake; legacy versions and suites are offered with
-// ClientHellos the module writes itself and judged by the ServerHello, so
-// no handshake it crafts is ever completed.
+// ClientHellos the module writes itself and judged by the ServerHello. The
+// one handshake it completes itself is a minimal TLS 1.2 one (tls12.go)
+// that then asks the server to renegotiate.
 package ssl
 
 import (
@@ -262,11 +263,17 @@ type Heartbleed struct {
 	VulnerableToHeartbleed *bool `json:"is_vulnerable_to_heartbleed"`
 }
 
-// Renegotiation reports RFC 5746 support; client-initiated renegotiation
-// is not tested (it needs a completed legacy handshake).
+// Renegotiation reports RFC 5746 support and whether the server lets a
+// client start a renegotiation (tested with a TLS 1.2 ECDHE AES-GCM
+// handshake; nil when none could be completed, the reason says why).
 type Renegotiation struct {
 	SupportsSecureRenegotiation *bool `json:"supports_secure_renegotiation"`
 	AcceptsClientRenegotiation  *bool `json:"accepts_client_renegotiation"`
+	// AcceptsInsecureRenegotiation is true when the server renegotiated
+	// with a client that sent no RFC 5746 binding (CVE-2009-3555); it
+	// is set whenever the client-initiated test ran.
+	AcceptsInsecureRenegotiation *bool  `json:"accepts_insecure_renegotiation"`
+	ClientRenegotiationReason    string `json:"client_renegotiation_reason,omitempty"`
 }
 
 // Weak summarises weak configuration derived from the accepted lists.
@@ -786,6 +793,7 @@ func (s *scan) behaviours(ctx context.Context, highest uint16, ciphers map[strin
 	v.Weak = weakFlags(ciphers)
 	legacy := min(highest, versionTLS12)
 	if legacy < versionSSL30 {
+		v.Renegotiation.ClientRenegotiationReason = "not tested: no SSLv3 to TLS 1.2 handshake succeeded"
 		return v
 	}
 	var wg sync.WaitGroup
@@ -793,7 +801,15 @@ func (s *scan) behaviours(ctx context.Context, highest uint16, ciphers map[strin
 		wg.Go(func() { v.Fallback.SupportsFallbackSCSV = s.fallback(ctx, highest-1) })
 	}
 	wg.Go(func() { v.Compression.SupportsCompression = s.compression(ctx, legacy) })
+	var reneg renegVerdict
+	wg.Go(func() { reneg = s.clientRenegotiation(ctx, ciphers["tlsv1_2"]) })
 	wg.Wait()
+	v.Renegotiation.AcceptsClientRenegotiation = reneg.accepted
+	v.Renegotiation.ClientRenegotiationReason = reneg.reason
+	if reneg.accepted != nil {
+		insecure := *reneg.accepted && !reneg.secure
+		v.Renegotiation.AcceptsInsecureRenegotiation = &insecure
+	}
 
 	s.mu.Lock()
 	v.Renegotiation.SupportsSecureRenegotiation = s.secReneg
