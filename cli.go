@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"crypto/rand"
 	"encoding/base32"
@@ -13,6 +14,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"runtime/pprof"
 	"strings"
 	"time"
 
@@ -122,6 +124,7 @@ func runScan(ctx context.Context, args []string, stdout, stderr io.Writer, geten
 	seed := fs.Uint64("seed", 0, "permutation seed (0: random)")
 	progress := fs.String("progress", "auto", "progress on stderr: auto (a bar on a terminal), on, off")
 	logLevel := fs.String("log.level", "warn", "log level on stderr")
+	cpuProfile := fs.String("cpuprofile", "", "write a Go CPU profile of the scan to this file (for performance reports)")
 	var policyCfg engine.PolicyConfig
 	policyCfg.RegisterFlags(fs, "")
 	transport := fs.String("transport", TransportConnect, "how to probe: connect (unprivileged TCP connects), raw (SYN scan, needs CAP_NET_RAW) or dry (probes go nowhere: measures the engine)")
@@ -172,6 +175,17 @@ func runScan(ctx context.Context, args []string, stdout, stderr io.Writer, geten
 		return fail("%v", err)
 	}
 	log := newLogger(stderr, "auto", *logLevel)
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		if err != nil {
+			return fail("%v", err)
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return fail("%v", err)
+		}
+		defer pprof.StopCPUProfile()
+	}
 	policy, err := policyCfg.Build()
 	if err != nil {
 		return fail("%v", err)
@@ -247,45 +261,69 @@ func runScan(ctx context.Context, args []string, stdout, stderr io.Writer, geten
 	}()
 
 	bar := newProgress(stderr, *progress)
+	// Output is buffered (a dense scan reports hundreds of thousands of
+	// ports) and flushed at least every 100 ms while events flow, at every
+	// progress update, and at the end.
+	out := bufio.NewWriterSize(stdout, 64<<10)
+	defer out.Flush()
+	lastFlush := time.Now()
+	flush := func() {
+		bar.clear()
+		out.Flush()
+		lastFlush = time.Now()
+	}
 	var results, open, probesWanted uint64
+	var line []byte
 	sweepDone := false
 	for !(sweepDone && results >= probesWanted) {
 		d, err := events.Fetch(ctx)
 		if err != nil {
-			bar.clear()
+			flush()
 			if ctx.Err() != nil {
 				return fail("interrupted")
 			}
 			return fail("%v", err)
 		}
 		_ = events.Ack(ctx, d)
-		var e ingest.Event
-		if err := ingest.Decode(d.Value, &e); err != nil {
-			return fail("%v", err)
+		typ, module, ok := ingest.PeekOrigin(d.Value)
+		if !ok {
+			var e ingest.Event
+			if err := ingest.Decode(d.Value, &e); err != nil {
+				flush()
+				return fail("%v", err)
+			}
+			typ, module = e.Origin.Type, e.Origin.Module
 		}
 		switch {
-		case e.Origin.Type == ingest.TypeScanStats:
+		case typ == ingest.TypeScanStats:
+			var e ingest.Event
 			var s ingest.ScanStats
-			if err := json.Unmarshal(e.Result.Data, &s); err == nil {
+			if ingest.Decode(d.Value, &e) == nil && json.Unmarshal(e.Result.Data, &s) == nil {
+				flush()
 				bar.update(s, results)
 				if s.Done {
 					sweepDone, probesWanted = true, s.Counts.Probes
 					if s.Error != "" {
-						bar.clear()
+						flush()
 						return fail("%s", s.Error)
 					}
 				}
 			}
-		case e.Origin.Type == ingest.TypePort:
+			continue
+		case typ == ingest.TypePort:
 			open++
-			bar.clear()
-			stdout.Write(append(ingest.WithCursor(nil, d.Value, d.Cursor()), '\n'))
-		case e.Origin.Module == ingest.ModuleGrabber:
+		case module == ingest.ModuleGrabber:
 			results++
-			bar.clear()
-			stdout.Write(append(ingest.WithCursor(nil, d.Value, d.Cursor()), '\n'))
+		default:
+			continue
+		}
+		line = append(ingest.WithCursor(line[:0], d.Value, d.Cursor()), '\n')
+		out.Write(line)
+		if time.Since(lastFlush) > 100*time.Millisecond {
+			flush()
 		}
 	}
+	flush()
 	res := <-done
 	bar.clear()
 	if res.err != nil && !errors.Is(res.err, context.Canceled) {

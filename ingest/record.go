@@ -192,6 +192,11 @@ func Encode(dst []byte, rec any) ([]byte, error) {
 	switch r := rec.(type) {
 	case *Event:
 		r.V = SchemaVersion
+		out, err := appendEvent(dst, r)
+		if err != nil {
+			return dst, fmt.Errorf("cannot encode event: %w", err)
+		}
+		return out, nil
 	case *Task:
 		r.V = SchemaVersion
 	case *OpenPort:
@@ -271,4 +276,29 @@ func RecordID(parts ...string) string {
 	}
 	var sum [32]byte
 	return "rec_" + hex.EncodeToString(h.Sum(sum[:0])[:16])
+}
+
+// PeekOrigin returns origin.type and origin.module of an event as Encode
+// wrote it, without decoding the rest: consumers that route millions of
+// events (the CLI's printer) need only those two. Encode writes "origin"
+// before "target" and "result", and no earlier field is named type or
+// module, so the first occurrences are the origin's. ok is false when either
+// is missing; decode fully then.
+func PeekOrigin(b []byte) (typ, module string, ok bool) {
+	typ, ok1 := peekString(b, `"type":"`)
+	module, ok2 := peekString(b, `"module":"`)
+	return typ, module, ok1 && ok2
+}
+
+func peekString(b []byte, key string) (string, bool) {
+	i := bytes.Index(b, []byte(key))
+	if i < 0 {
+		return "", false
+	}
+	rest := b[i+len(key):]
+	j := bytes.IndexByte(rest, '"')
+	if j < 0 || bytes.IndexByte(rest[:j], '\\') >= 0 {
+		return "", false
+	}
+	return string(rest[:j]), true
 }

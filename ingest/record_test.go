@@ -418,3 +418,25 @@ func BenchmarkNewID(b *testing.B) {
 		_ = ingest.NewID("evt_")
 	}
 }
+
+func TestPeekOriginAgreesWithDecode(t *testing.T) {
+	events := []ingest.Event{
+		{Origin: ingest.Origin{JobID: "job_1", ClientID: "usr_1", Type: ingest.TypePort, Module: ingest.ModulePortscan}, Target: ingest.Target{IP: "198.18.0.1", Port: 22},
+			Result: ingest.Result{Data: json.RawMessage(`{"type":"decoy","module":"decoy"}`)}},
+		{RecordID: "rec_1", Origin: ingest.Origin{JobID: "job_1", Type: "ssh", Module: ingest.ModuleGrabber}, Result: ingest.Result{Data: json.RawMessage(`{}`)}},
+		{Origin: ingest.Origin{JobID: "job_1", Type: ingest.TypeScanStats, Module: ingest.ModuleScanner}, Result: ingest.Result{Data: json.RawMessage(`{"shard":0}`)}},
+	}
+	for _, e := range events {
+		m, err := ingest.EventMessage(&e)
+		if err != nil {
+			t.Fatal(err)
+		}
+		typ, mod, ok := ingest.PeekOrigin(m.Value)
+		if !ok || typ != e.Origin.Type || mod != e.Origin.Module {
+			t.Fatalf("ingest.PeekOrigin = %q %q %v, want %q %q", typ, mod, ok, e.Origin.Type, e.Origin.Module)
+		}
+	}
+	if _, _, ok := ingest.PeekOrigin([]byte(`{"origin":{"job_id":"j"}}`)); ok {
+		t.Fatal("an event without type and module peeked ok")
+	}
+}
