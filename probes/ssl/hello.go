@@ -298,15 +298,6 @@ func (h *serverHello) group() (uint16, bool) {
 	return binary.BigEndian.Uint16(d), true
 }
 
-// alpn is the protocol the server selected, if any.
-func (h *serverHello) alpn() string {
-	d := h.extData[extALPN]
-	if len(d) < 3 || int(d[2]) != len(d)-3 {
-		return ""
-	}
-	return string(d[3:])
-}
-
 func parseServerHello(b []byte) (*serverHello, error) {
 	r := reader(b)
 	var h serverHello
