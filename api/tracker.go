@@ -212,6 +212,12 @@ func (t *Tracker) handle(ctx context.Context, item trackerInput) error {
 		if s.Error != "" {
 			return t.finish(ctx, st, ingest.StateFailed, fmt.Sprintf("scanner shard %d/%d: %s", s.Shard, s.Shards, s.Error))
 		}
+		if s.Canceled {
+			// the shard saw the cancel before this tracker did: the job
+			// stopped short, it did not succeed
+			st.stats[s.Shard] = s
+			return t.finish(ctx, st, ingest.StateCanceled, "canceled by the user")
+		}
 		if s.Shards > 0 {
 			st.shards = s.Shards
 		}

@@ -145,6 +145,12 @@ func TestTrackerCancelAndFailure(t *testing.T) {
 	if got := e.statuses(t, canceled); got[len(got)-1].Status != ingest.StateCanceled {
 		t.Fatalf("cancel: %+v", got)
 	}
+	// a shard that saw the cancel first reports a canceled, done sweep
+	stoppedShort := e.job(t)
+	e.stats(t, stoppedShort, ingest.ScanStats{Shard: 0, Shards: 1, Done: true, Canceled: true, Counts: ingest.JobCounts{Targets: 10, Sent: 3}})
+	if got := e.statuses(t, stoppedShort); got[len(got)-1].Status != ingest.StateCanceled {
+		t.Fatalf("a shard's canceled sweep ended the job %+v, want canceled", got[len(got)-1])
+	}
 	failed := e.job(t)
 	e.stats(t, failed, ingest.ScanStats{Shard: 0, Shards: 1, Done: true, Error: "no route to targets"})
 	got := e.statuses(t, failed)
