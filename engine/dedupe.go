@@ -88,23 +88,6 @@ func (o *openSet) add(idx, key uint64) bool {
 	return o.window.add(key)
 }
 
-// indexOf returns ip's position in s (the inverse of At).
-func (s IPSet) indexOf(ip uint32) (uint64, bool) {
-	lo, hi := 0, len(s.ranges)
-	for lo < hi {
-		m := int(uint(lo+hi) >> 1)
-		switch r := s.ranges[m]; {
-		case ip < r.First:
-			hi = m
-		case ip > r.Last:
-			lo = m + 1
-		default:
-			return s.offsets[m] + uint64(ip-r.First), true
-		}
-	}
-	return 0, false
-}
-
 // indexIn returns the space index of ip:port within entry e (the inverse
 // of At for that entry's segment), false if e does not hold ip:port.
 func (s *Space) indexIn(e int, ip uint32, port uint16) (uint64, bool) {

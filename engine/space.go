@@ -160,16 +160,7 @@ func (s *Space) Targets(b int) IPSet { return s.blocks[b] }
 
 // At maps index i (< Size()) to its probe and the global index of its entry.
 func (s *Space) At(i uint64) (ip uint32, port uint16, entry int) {
-	// branch-free binary search for the last offset <= i: offsets stay
-	// below 2^63, so offsets[m]-i-1 wraps to a set top bit exactly when
-	// offsets[m] <= i, and a random index costs no mispredicted branches.
-	lo, n := 0, len(s.offsets)
-	for n > 1 {
-		half := n >> 1
-		le := int((s.offsets[lo+half] - i - 1) >> 63)
-		lo += half & -le
-		n -= half
-	}
+	lo := lastAtMost(s.offsets, i)
 	seg := &s.segments[lo]
 	j := i - s.offsets[lo]
 	return seg.ips.At(j / seg.nports), seg.first + uint16(j%seg.nports), seg.entry

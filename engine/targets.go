@@ -106,6 +106,12 @@ func (s IPSet) Ranges() []Range { return s.ranges }
 
 // Contains reports whether ip is in s.
 func (s IPSet) Contains(ip uint32) bool {
+	_, ok := s.indexOf(ip)
+	return ok
+}
+
+// indexOf returns ip's position in s (the inverse of At).
+func (s IPSet) indexOf(ip uint32) (uint64, bool) {
 	lo, hi := 0, len(s.ranges)
 	for lo < hi {
 		m := int(uint(lo+hi) >> 1)
@@ -115,25 +121,31 @@ func (s IPSet) Contains(ip uint32) bool {
 		case ip > r.Last:
 			lo = m + 1
 		default:
-			return true
+			return s.offsets[m] + uint64(ip-r.First), true
 		}
 	}
-	return false
+	return 0, false
 }
 
 // At returns the i-th address of s in ascending order; i must be < Size().
 func (s IPSet) At(i uint64) uint32 {
-	// branch-free binary search for the last offset <= i: offsets stay
-	// below 2^63, so offsets[m]-i-1 wraps to a set top bit exactly when
-	// offsets[m] <= i, and a random index costs no mispredicted branches.
-	lo, n := 0, len(s.offsets)
+	lo := lastAtMost(s.offsets, i)
+	return s.ranges[lo].First + uint32(i-s.offsets[lo])
+}
+
+// lastAtMost returns the index of the last of the ascending offsets that is
+// <= i (offsets[0] is 0). The binary search is branch-free: offsets stay
+// below 2^63, so offsets[m]-i-1 wraps to a set top bit exactly when
+// offsets[m] <= i, and a random index costs no mispredicted branches.
+func lastAtMost(offsets []uint64, i uint64) int {
+	lo, n := 0, len(offsets)
 	for n > 1 {
 		half := n >> 1
-		le := int((s.offsets[lo+half] - i - 1) >> 63)
+		le := int((offsets[lo+half] - i - 1) >> 63)
 		lo += half & -le
 		n -= half
 	}
-	return s.ranges[lo].First + uint32(i-s.offsets[lo])
+	return lo
 }
 
 // Union returns the addresses in s or o.
