@@ -11,6 +11,7 @@ import (
 	"crypto/x509"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"os"
@@ -212,4 +213,36 @@ type Module interface {
 	// with a Status for every outcome it can classify (refused, timeout,
 	// parse failure, …) and an error only for bugs or a dead ctx.
 	Probe(ctx context.Context, t Target) (Result, error)
+}
+
+// ContextDialer opens a module's connections: a *net.Dialer, or a test's
+// wrapper that counts them.
+type ContextDialer interface {
+	DialContext(ctx context.Context, network, addr string) (net.Conn, error)
+}
+
+// Dial connects to addr over TCP within timeout and arms the connection's
+// deadline: the earlier of timeout and ctx's end, and reads and writes fail
+// the moment ctx is canceled. done stops that and closes the connection.
+// A connect that runs out of time wraps context.DeadlineExceeded, so
+// Classify reports a timeout.
+func Dial(ctx context.Context, d ContextDialer, addr string, timeout time.Duration) (conn net.Conn, done func(), err error) {
+	cctx, cancel := context.WithTimeout(ctx, timeout)
+	conn, err = d.DialContext(cctx, "tcp", addr)
+	if err != nil {
+		if ctx.Err() == nil && cctx.Err() != nil {
+			err = fmt.Errorf("cannot connect: %w", context.DeadlineExceeded)
+		}
+		cancel()
+		return nil, nil, err
+	}
+	if dl, ok := cctx.Deadline(); ok {
+		_ = conn.SetDeadline(dl)
+	}
+	stop := context.AfterFunc(cctx, func() { _ = conn.SetDeadline(time.Unix(1, 0)) })
+	return conn, func() {
+		stop()
+		cancel()
+		_ = conn.Close()
+	}, nil
 }

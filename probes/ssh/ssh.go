@@ -250,28 +250,9 @@ func (m *Module) firstConnection(ctx context.Context, addr string, stepErrs map[
 	return out, nil
 }
 
-// dial connects and arms the connection's deadline: the earlier of
-// ConnTimeout and ctx's end. done closes the connection.
+// dial connects with the module's connect timeout (probes.Dial).
 func (m *Module) dial(ctx context.Context, addr string) (net.Conn, func(), error) {
-	cctx, cancel := context.WithTimeout(ctx, m.cfg.ConnTimeout)
-	conn, err := m.dialer.DialContext(cctx, "tcp", addr)
-	if err != nil {
-		if ctx.Err() == nil && cctx.Err() != nil {
-			err = fmt.Errorf("cannot connect: %w", context.DeadlineExceeded)
-		}
-		cancel()
-		return nil, nil, err
-	}
-	if dl, ok := cctx.Deadline(); ok {
-		_ = conn.SetDeadline(dl)
-	}
-	// unblock reads and writes the moment ctx is canceled
-	stop := context.AfterFunc(cctx, func() { _ = conn.SetDeadline(time.Unix(1, 0)) })
-	return conn, func() {
-		stop()
-		cancel()
-		_ = conn.Close()
-	}, nil
+	return probes.Dial(ctx, &m.dialer, addr, m.cfg.ConnTimeout)
 }
 
 // readIdentification reads lines until the SSH- identification line; a

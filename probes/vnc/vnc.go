@@ -98,13 +98,7 @@ type Module struct {
 	encodings []int32
 	store     ScreenshotStore
 	gate      *hostGate
-	dialer    contextDialer
-}
-
-// contextDialer opens the module's connections (a net.Dialer; tests count
-// connections through it).
-type contextDialer interface {
-	DialContext(ctx context.Context, network, addr string) (net.Conn, error)
+	dialer    probes.ContextDialer
 }
 
 // New returns the module; store may be nil (screenshots are hashed and
@@ -346,28 +340,16 @@ func (m *Module) dial(ctx context.Context, ip, addr string) (*session, error) {
 	if err != nil {
 		return nil, err
 	}
-	cctx, cancel := context.WithTimeout(ctx, m.cfg.ConnTimeout)
-	conn, err := m.dialer.DialContext(cctx, "tcp", addr)
+	conn, done, err := probes.Dial(ctx, m.dialer, addr, m.cfg.ConnTimeout)
 	if err != nil {
-		if ctx.Err() == nil && cctx.Err() != nil {
-			err = fmt.Errorf("cannot connect: %w", context.DeadlineExceeded)
-		}
-		cancel()
 		release()
 		return nil, err
 	}
-	if dl, ok := cctx.Deadline(); ok {
-		_ = conn.SetDeadline(dl)
-	}
-	// unblock reads and writes the moment ctx is canceled
-	stop := context.AfterFunc(cctx, func() { _ = conn.SetDeadline(time.Unix(1, 0)) })
 	s := &session{conn: conn, rec: &recorder{limit: probes.RawLimit}}
 	s.limiter = &limitReader{r: conn, rec: s.rec, left: -1}
 	s.w.r = bufio.NewReaderSize(s.limiter, 32<<10)
 	s.release = func() {
-		stop()
-		cancel()
-		_ = conn.Close()
+		done()
 		release()
 	}
 	return s, nil
