@@ -198,31 +198,7 @@ func appendClientHello(dst []byte, h helloSpec, random *[32]byte, keyShare []byt
 }
 
 func appendExtensions(dst []byte, h helloSpec, keyShare []byte) []byte {
-	if h.sni != "" {
-		dst = appendExt(dst, extServerName, func(b []byte) []byte {
-			b = binary.BigEndian.AppendUint16(b, uint16(len(h.sni)+3))
-			b = append(b, 0) // host_name
-			b = binary.BigEndian.AppendUint16(b, uint16(len(h.sni)))
-			return append(b, h.sni...)
-		})
-	}
-	dst = appendExt(dst, extECPointFormats, func(b []byte) []byte { return append(b, 1, 0) })
-	dst = appendExt(dst, extSupportedGroups, func(b []byte) []byte {
-		b = binary.BigEndian.AppendUint16(b, uint16(2*len(offeredGroups)))
-		for _, g := range offeredGroups {
-			b = binary.BigEndian.AppendUint16(b, g)
-		}
-		return b
-	})
-	if h.version >= versionTLS12 {
-		dst = appendExt(dst, extSignatureAlgorithms, func(b []byte) []byte {
-			b = binary.BigEndian.AppendUint16(b, uint16(2*len(offeredSigAlgs)))
-			for _, a := range offeredSigAlgs {
-				b = binary.BigEndian.AppendUint16(b, a)
-			}
-			return b
-		})
-	}
+	dst = appendCommonExts(dst, h.sni, offeredGroups, h.version >= versionTLS12)
 	if len(h.alpn) > 0 {
 		dst = appendExt(dst, extALPN, func(b []byte) []byte {
 			start := len(b)
@@ -253,6 +229,35 @@ func appendExtensions(dst []byte, h helloSpec, keyShare []byte) []byte {
 		})
 	}
 	return dst
+}
+
+// appendCommonExts appends the extensions every crafted hello opens with:
+// server_name (when sni is set), ec_point_formats (uncompressed),
+// supported_groups and, for TLS 1.2 and later, signature_algorithms.
+func appendCommonExts(dst []byte, sni string, groups []uint16, sigAlgs bool) []byte {
+	if sni != "" {
+		dst = appendExt(dst, extServerName, func(b []byte) []byte {
+			b = binary.BigEndian.AppendUint16(b, uint16(len(sni)+3))
+			b = append(b, 0) // host_name
+			b = binary.BigEndian.AppendUint16(b, uint16(len(sni)))
+			return append(b, sni...)
+		})
+	}
+	dst = appendExt(dst, extECPointFormats, func(b []byte) []byte { return append(b, 1, 0) })
+	dst = appendExt(dst, extSupportedGroups, func(b []byte) []byte { return appendUint16List(b, groups) })
+	if sigAlgs {
+		dst = appendExt(dst, extSignatureAlgorithms, func(b []byte) []byte { return appendUint16List(b, offeredSigAlgs) })
+	}
+	return dst
+}
+
+// appendUint16List appends a list of uint16 with its two-byte length.
+func appendUint16List(b []byte, list []uint16) []byte {
+	b = binary.BigEndian.AppendUint16(b, uint16(2*len(list)))
+	for _, v := range list {
+		b = binary.BigEndian.AppendUint16(b, v)
+	}
+	return b
 }
 
 // appendExt appends one extension whose body body appends (nil: empty).

@@ -214,36 +214,11 @@ func (c *tls12Client) clientHello(random *[32]byte, reneg []byte, insecure bool)
 	b = binary.BigEndian.AppendUint16(b, versionTLS12)
 	b = append(b, random[:]...)
 	b = append(b, 0) // no session id: nothing to resume
-	b = binary.BigEndian.AppendUint16(b, uint16(2*len(suites)))
-	for _, s := range suites {
-		b = binary.BigEndian.AppendUint16(b, s)
-	}
+	b = appendUint16List(b, suites)
 	b = append(b, 1, 0) // null compression
 	b = append(b, 0, 0)
 	extStart := len(b)
-	if c.sni != "" {
-		b = appendExt(b, extServerName, func(e []byte) []byte {
-			e = binary.BigEndian.AppendUint16(e, uint16(len(c.sni)+3))
-			e = append(e, 0)
-			e = binary.BigEndian.AppendUint16(e, uint16(len(c.sni)))
-			return append(e, c.sni...)
-		})
-	}
-	b = appendExt(b, extECPointFormats, func(e []byte) []byte { return append(e, 1, 0) })
-	b = appendExt(b, extSupportedGroups, func(e []byte) []byte {
-		e = binary.BigEndian.AppendUint16(e, uint16(2*len(tls12Groups)))
-		for _, g := range tls12Groups {
-			e = binary.BigEndian.AppendUint16(e, g)
-		}
-		return e
-	})
-	b = appendExt(b, extSignatureAlgorithms, func(e []byte) []byte {
-		e = binary.BigEndian.AppendUint16(e, uint16(2*len(offeredSigAlgs)))
-		for _, a := range offeredSigAlgs {
-			e = binary.BigEndian.AppendUint16(e, a)
-		}
-		return e
-	})
+	b = appendCommonExts(b, c.sni, tls12Groups, true)
 	if !insecure {
 		b = appendExt(b, extRenegotiationInfo, func(e []byte) []byte {
 			return append(append(e, byte(len(reneg))), reneg...)
