@@ -23,44 +23,25 @@ import (
 	"time"
 
 	"trawl/probes"
+	"trawl/probes/probetest"
 )
 
 // serve accepts on 127.0.0.1:0 (or TLS over it when cfg is set) and runs
 // handle per connection until the test ends; it returns the port.
 func serve(t testing.TB, cfg *tls.Config, handle func(c net.Conn)) int {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
+	return probetest.Serve(t, func(c net.Conn) {
+		if cfg != nil {
+			tc := tls.Server(c, cfg)
+			_ = tc.SetDeadline(time.Now().Add(5 * time.Second))
+			if tc.Handshake() != nil {
 				return
 			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				defer c.Close()
-				if cfg != nil {
-					tc := tls.Server(c, cfg)
-					_ = tc.SetDeadline(time.Now().Add(5 * time.Second))
-					if tc.Handshake() != nil {
-						return
-					}
-					_ = tc.SetDeadline(time.Time{})
-					c = tc
-				}
-				handle(c)
-			}()
+			_ = tc.SetDeadline(time.Time{})
+			c = tc
 		}
-	}()
-	t.Cleanup(func() { ln.Close(); wg.Wait() })
-	return ln.Addr().(*net.TCPAddr).Port
+		handle(c)
+	})
 }
 
 // drain reads until the client goes away (or a safety timeout).

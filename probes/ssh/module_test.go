@@ -23,6 +23,7 @@ import (
 	xssh "golang.org/x/crypto/ssh"
 
 	"trawl/probes"
+	"trawl/probes/probetest"
 )
 
 // hostSigners are made once: RSA key generation is slow under -race.
@@ -97,34 +98,8 @@ func startGoServer(t testing.TB, tune func(*xssh.ServerConfig)) *goServer {
 	return srv
 }
 
-// serve accepts on 127.0.0.1:0 and runs handle per connection until the
-// test ends; it returns the port.
-func serve(t testing.TB, handle func(c net.Conn)) int {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				defer c.Close()
-				handle(c)
-			}()
-		}
-	}()
-	t.Cleanup(func() { ln.Close(); wg.Wait() })
-	return ln.Addr().(*net.TCPAddr).Port
-}
+// serve runs a fake server on loopback (probetest.Serve).
+func serve(t testing.TB, handle func(c net.Conn)) int { return probetest.Serve(t, handle) }
 
 func probe(t testing.TB, m *Module, port int, timeout time.Duration) probes.Result {
 	t.Helper()
