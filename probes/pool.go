@@ -114,9 +114,12 @@ func (p *Pool) Probe(ctx context.Context, m Module, t Target) Result {
 	p.inFlight.Add(1)
 	defer p.inFlight.Add(-1)
 
+	// started before the timeout's clock, so a timed-out probe's Duration
+	// is never shorter than the timeout (a preemption between the two
+	// would make it so)
+	started := time.Now()
 	pctx, cancel := context.WithTimeout(ctx, p.cfg.Timeout)
 	defer cancel()
-	started := time.Now()
 	res, err := m.Probe(pctx, t)
 	if err != nil {
 		res.Status = Classify(err)
