@@ -273,7 +273,7 @@ func runScan(ctx context.Context, args []string, stdout, stderr io.Writer, geten
 		lastFlush = time.Now()
 	}
 	var results, open, probesWanted uint64
-	var line []byte
+	var line, cursor []byte
 	sweepDone := false
 	for !(sweepDone && results >= probesWanted) {
 		d, err := events.Fetch(ctx)
@@ -292,10 +292,10 @@ func runScan(ctx context.Context, args []string, stdout, stderr io.Writer, geten
 				flush()
 				return fail("%v", err)
 			}
-			typ, module = e.Origin.Type, e.Origin.Module
+			typ, module = []byte(e.Origin.Type), []byte(e.Origin.Module)
 		}
 		switch {
-		case typ == ingest.TypeScanStats:
+		case string(typ) == ingest.TypeScanStats:
 			var e ingest.Event
 			var s ingest.ScanStats
 			if ingest.Decode(d.Value, &e) == nil && json.Unmarshal(e.Result.Data, &s) == nil {
@@ -310,14 +310,15 @@ func runScan(ctx context.Context, args []string, stdout, stderr io.Writer, geten
 				}
 			}
 			continue
-		case typ == ingest.TypePort:
+		case string(typ) == ingest.TypePort:
 			open++
-		case module == ingest.ModuleGrabber:
+		case string(module) == ingest.ModuleGrabber:
 			results++
 		default:
 			continue
 		}
-		line = append(ingest.WithCursor(line[:0], d.Value, d.Cursor()), '\n')
+		cursor = d.AppendCursor(cursor[:0])
+		line = append(ingest.WithCursor(line[:0], d.Value, cursor), '\n')
 		out.Write(line)
 		if time.Since(lastFlush) > 100*time.Millisecond {
 			flush()

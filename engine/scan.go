@@ -64,7 +64,8 @@ func (c *ScanConfig) validate() error {
 }
 
 // Open is a distinct open port the scan found. Entries are the port entries
-// it counts for (those holding it whose sample was not yet reached).
+// it counts for (those holding it whose sample was not yet reached); the
+// slice is reused after the onOpen call returns.
 type Open struct {
 	IP      uint32
 	Port    uint16
@@ -115,10 +116,11 @@ type scan struct {
 	rejects  RejectCounter // the transport's, or nil
 	passes   int           // 1 + retries
 
-	mu       sync.Mutex // guards reported, found, matchBuf, nfull and onOpen calls
+	mu       sync.Mutex // guards reported, found, matchBuf, counted, nfull and onOpen calls
 	reported *openSet
 	found    []int
 	matchBuf []int
+	counted  []int
 	nfull    int
 
 	// yielded: indexes walked by the first pass; walked: by all passes
@@ -358,7 +360,7 @@ func (s *scan) handle(r Reply) {
 		s.dups.Add(1)
 		return
 	}
-	var counted []int
+	counted := s.counted[:0]
 	for _, e := range s.matchBuf {
 		sample := s.space.entries[e].Sample
 		if sample > 0 && s.found[e] >= sample {
@@ -371,6 +373,7 @@ func (s *scan) handle(r Reply) {
 			s.nfull++
 		}
 	}
+	s.counted = counted
 	if len(counted) == 0 {
 		return
 	}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"math/rand/v2"
 	"net/netip"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -80,6 +81,7 @@ func (c *collector) onOpen(o engine.Open) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.found[pair{o.IP, o.Port}]++
+	o.Entries = slices.Clone(o.Entries) // valid only during the call
 	c.opens = append(c.opens, o)
 }
 

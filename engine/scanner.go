@@ -7,6 +7,7 @@ import (
 	"flag"
 	"fmt"
 	"hash/fnv"
+	"net/netip"
 	"strconv"
 	"strings"
 	"sync"
@@ -430,19 +431,30 @@ func grab(ctx context.Context, space *Space, seed uint64, cfg ScannerConfig, jp 
 }
 
 // jobPublisher batches a job's messages onto the bus from one goroutine, so
-// the scan's reply path never waits for a Publish per open port.
+// the scan's receive path never waits on a Publish per message.
 type jobPublisher struct {
 	ctx           context.Context
 	pub           Publisher
 	jobID, client string
 	shard, shards int
 	log           zerolog.Logger
-	in            chan topicMessage
-	done          chan struct{}
-	err           error // first publish error; read after done
-	probes        atomic.Uint64
-	synack        json.RawMessage
+	ports         *ingest.PortEvents // open() runs under the scan's lock: one user at a time
+
+	// mu guards pending and arena and is held while a full batch is handed
+	// over, so batches reach the bus in the order they were filled.
+	mu      sync.Mutex
+	pending []topicMessage
+	arena   []byte // message values are carved from it: one allocation per arenaSize
+	scratch []byte
+
+	in     chan []topicMessage
+	done   chan struct{}
+	err    error // first publish error; read after done
+	probes atomic.Uint64
 }
+
+// arenaSize is the chunk message values are carved from.
+const arenaSize = 64 << 10
 
 type topicMessage struct {
 	topic string
@@ -452,8 +464,8 @@ type topicMessage struct {
 func newJobPublisher(ctx context.Context, pub Publisher, task ingest.Task, shard, shards int, log zerolog.Logger) *jobPublisher {
 	j := &jobPublisher{
 		ctx: ctx, pub: pub, jobID: task.JobID, client: task.ClientID, shard: shard, shards: shards, log: log,
-		in: make(chan topicMessage, 4*publishBatch), done: make(chan struct{}),
-		synack: json.RawMessage(`{"response":"synack"}`),
+		ports: ingest.NewPortEvents(task.JobID, task.ClientID),
+		in:    make(chan []topicMessage, 4), done: make(chan struct{}),
 	}
 	go j.batch()
 	return j
@@ -462,10 +474,35 @@ func newJobPublisher(ctx context.Context, pub Publisher, task ingest.Task, shard
 // send queues a message for the batcher; it is dropped once publishing has
 // stopped (the final stats then fail too, so the job is not acked).
 func (j *jobPublisher) send(topic string, m ingest.Message) {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	j.queueLocked(topic, m)
+}
+
+func (j *jobPublisher) queueLocked(topic string, m ingest.Message) {
+	j.pending = append(j.pending, topicMessage{topic, m})
+	if len(j.pending) < publishBatch {
+		return
+	}
 	select {
-	case j.in <- topicMessage{topic, m}:
+	case j.in <- j.pending:
 	case <-j.ctx.Done():
 	}
+	j.pending = make([]topicMessage, 0, publishBatch)
+}
+
+// carveLocked copies b into the arena and returns the copy, capped so that
+// appending to it cannot overwrite its neighbour.
+func (j *jobPublisher) carveLocked(b []byte) []byte {
+	if len(b) > arenaSize/8 {
+		return append([]byte(nil), b...)
+	}
+	if cap(j.arena)-len(j.arena) < len(b) {
+		j.arena = make([]byte, 0, arenaSize)
+	}
+	start := len(j.arena)
+	j.arena = append(j.arena, b...)
+	return j.arena[start:len(j.arena):len(j.arena)]
 }
 
 func (j *jobPublisher) batch() {
@@ -473,38 +510,55 @@ func (j *jobPublisher) batch() {
 	var events, ports []ingest.Message
 	ticker := time.NewTicker(publishEvery)
 	defer ticker.Stop()
-	flush := func() {
+	publish := func(batch []topicMessage) {
+		for _, m := range batch {
+			if m.topic == ingest.TopicPorts {
+				ports = append(ports, m.msg)
+			} else {
+				events = append(events, m.msg)
+			}
+		}
 		if j.err == nil && len(events) > 0 {
 			j.err = j.pub.Publish(j.ctx, ingest.TopicEvents, events...)
 		}
 		if j.err == nil && len(ports) > 0 {
 			j.err = j.pub.Publish(j.ctx, ingest.TopicPorts, ports...)
 		}
+		clear(events)
+		clear(ports)
 		events, ports = events[:0], ports[:0]
+	}
+	// takePending empties a partial batch; a sender that holds mu is
+	// handing over a full one, which the next receive takes instead.
+	takePending := func() []topicMessage {
+		if !j.mu.TryLock() {
+			return nil
+		}
+		defer j.mu.Unlock()
+		b := j.pending
+		j.pending = nil
+		return b
 	}
 	for {
 		select {
-		case m, ok := <-j.in:
+		case b, ok := <-j.in:
 			if !ok {
-				flush()
+				j.mu.Lock()
+				b = j.pending
+				j.pending = nil
+				j.mu.Unlock()
+				publish(b)
 				return
 			}
-			if m.topic == ingest.TopicPorts {
-				ports = append(ports, m.msg)
-			} else {
-				events = append(events, m.msg)
-			}
-			if len(events)+len(ports) >= publishBatch {
-				flush()
-			}
+			publish(b)
 		case <-ticker.C:
-			flush()
+			publish(takePending())
 		}
 	}
 }
 
 // finish publishes the final stats once every queued message is out, and
-// reports whether it all went out.
+// reports whether it all went out. Nothing may be sent after it starts.
 func (j *jobPublisher) finish(final ingest.ScanStats) bool {
 	close(j.in)
 	<-j.done
@@ -525,25 +579,14 @@ func (j *jobPublisher) finish(final ingest.ScanStats) bool {
 
 // open publishes a port event and dispatches the port to the workers.
 func (j *jobPublisher) open(space *Space, o Open) {
-	ip := FormatIP(o.IP)
-	ev := ingest.Event{
-		RecordID: ingest.RecordID(j.jobID, ingest.TypePort, ip, strconv.Itoa(int(o.Port))),
-		Origin: ingest.Origin{
-			JobID: j.jobID, ClientID: j.client, Type: ingest.TypePort, Module: ingest.ModulePortscan,
-			TS: time.Now().UnixMilli(), Port: int(o.SrcPort),
-		},
-		Target: ingest.Target{IP: ip, Port: int(o.Port), Protocol: "tcp"},
-		Result: ingest.Result{Data: j.synack},
-	}
+	var src netip.Addr
 	if o.SrcIP != 0 {
-		ev.Origin.IP = FormatIP(o.SrcIP)
+		src = Addr(o.SrcIP)
 	}
-	m, err := ingest.EventMessage(&ev)
-	if err != nil {
-		j.log.Error().Err(err).Msg("cannot encode port event")
-		return
-	}
-	j.send(ingest.TopicEvents, m)
+	j.mu.Lock()
+	j.scratch = j.ports.Append(j.scratch[:0], Addr(o.IP), o.Port, src, o.SrcPort, time.Now().UnixMilli())
+	j.queueLocked(ingest.TopicEvents, ingest.Message{Key: j.ports.Key(), Value: j.carveLocked(j.scratch)})
+	j.mu.Unlock()
 	j.dispatch(space, o)
 }
 

@@ -51,15 +51,25 @@ type Delivery struct {
 // order the producers generated their events in. (Across the partitions of
 // a partitioned bus the ids order per partition; a job's events share one.)
 func (d Delivery) Cursor() string {
+	var b [cursorLen]byte
+	return string(d.AppendCursor(b[:0]))
+}
+
+// cursorLen is the length of an event id: "ev_" and 26 base32 digits.
+const cursorLen = 3 + 26
+
+// AppendCursor appends the event id Cursor returns to dst.
+func (d Delivery) AppendCursor(dst []byte) []byte {
 	var b [16]byte
 	binary.BigEndian.PutUint16(b[0:2], uint16(uint64(d.Epoch)>>32))
 	binary.BigEndian.PutUint32(b[2:6], uint32(d.Epoch))
 	binary.BigEndian.PutUint16(b[6:8], uint16(d.Partition))
 	binary.BigEndian.PutUint64(b[8:16], uint64(d.Offset))
-	out := make([]byte, 3+26)
-	copy(out, "ev_")
-	encodeBase32(out[3:], b)
-	return string(out)
+	dst = append(dst, "ev_"...)
+	n := len(dst)
+	dst = append(dst, make([]byte, 26)...)
+	encodeBase32(dst[n:], b)
+	return dst
 }
 
 // Bus is the message bus between roles: in-process (membus) on one machine,

@@ -251,7 +251,7 @@ func EventMessage(e *Event) (Message, error) {
 
 // WithCursor appends to dst the event JSON value (as published, without an
 // id) with "id": cursor as its first field.
-func WithCursor(dst, value []byte, cursor string) []byte {
+func WithCursor[C string | []byte](dst, value []byte, cursor C) []byte {
 	if len(value) < 2 || value[0] != '{' {
 		return append(dst, value...)
 	}
@@ -269,13 +269,15 @@ func WithCursor(dst, value []byte, cursor string) []byte {
 // module, …): a redelivered or re-probed fact gets the same id, so storage
 // and the job tracker count it once.
 func RecordID(parts ...string) string {
-	h := sha256.New()
+	var buf [128]byte
+	in := buf[:0]
 	for _, p := range parts {
-		h.Write([]byte(p))
-		h.Write([]byte{0})
+		in = append(in, p...)
+		in = append(in, 0)
 	}
-	var sum [32]byte
-	return "rec_" + hex.EncodeToString(h.Sum(sum[:0])[:16])
+	sum := sha256.Sum256(in)
+	out := append(buf[:0], "rec_"...)
+	return string(hex.AppendEncode(out, sum[:16]))
 }
 
 // PeekOrigin returns origin.type and origin.module of an event as Encode
@@ -284,21 +286,21 @@ func RecordID(parts ...string) string {
 // before "target" and "result", and no earlier field is named type or
 // module, so the first occurrences are the origin's. ok is false when either
 // is missing; decode fully then.
-func PeekOrigin(b []byte) (typ, module string, ok bool) {
+func PeekOrigin(b []byte) (typ, module []byte, ok bool) {
 	typ, ok1 := peekString(b, `"type":"`)
 	module, ok2 := peekString(b, `"module":"`)
 	return typ, module, ok1 && ok2
 }
 
-func peekString(b []byte, key string) (string, bool) {
+func peekString(b []byte, key string) ([]byte, bool) {
 	i := bytes.Index(b, []byte(key))
 	if i < 0 {
-		return "", false
+		return nil, false
 	}
 	rest := b[i+len(key):]
 	j := bytes.IndexByte(rest, '"')
 	if j < 0 || bytes.IndexByte(rest[:j], '\\') >= 0 {
-		return "", false
+		return nil, false
 	}
-	return string(rest[:j]), true
+	return rest[:j:j], true
 }

@@ -432,7 +432,7 @@ func TestPeekOriginAgreesWithDecode(t *testing.T) {
 			t.Fatal(err)
 		}
 		typ, mod, ok := ingest.PeekOrigin(m.Value)
-		if !ok || typ != e.Origin.Type || mod != e.Origin.Module {
+		if !ok || string(typ) != e.Origin.Type || string(mod) != e.Origin.Module {
 			t.Fatalf("ingest.PeekOrigin = %q %q %v, want %q %q", typ, mod, ok, e.Origin.Type, e.Origin.Module)
 		}
 	}

@@ -44,6 +44,7 @@ func main() {
 // Config configures a bench run.
 type Config struct {
 	Trawl          string
+	TrawlFlags     string
 	Script         string
 	Tools          string
 	Workloads      string
@@ -69,6 +70,7 @@ const (
 // RegisterFlags registers the bench's flags under prefix.
 func (c *Config) RegisterFlags(fs *flag.FlagSet, prefix string) {
 	fs.StringVar(&c.Trawl, prefix+"trawl", "bin/trawl", "the trawl binary")
+	fs.StringVar(&c.TrawlFlags, prefix+"trawl-flags", "", "extra flags for every trawl run, space-separated (e.g. --raw.send-threads 1)")
 	fs.StringVar(&c.Script, prefix+"testbed-script", "engine/testbed/testbed.sh", "the testbed script")
 	fs.StringVar(&c.Tools, prefix+"tools", "trawl,masscan,zmap,zmap-T2,nmap", "tool settings to run: trawl, masscan, zmap, zmap-T2, nmap")
 	fs.StringVar(&c.Workloads, prefix+"workloads", "x1-dense,x1-sparse,x5-dense,x5-sparse", "workloads: x1|x5 ports, dense|sparse")
@@ -121,7 +123,11 @@ func (c *Config) pickSettings() ([]setting, error) {
 		if i < 0 {
 			return nil, fmt.Errorf("unknown tool %q (known: trawl, masscan, zmap, zmap-T2, nmap)", id)
 		}
-		out = append(out, all[i])
+		s := all[i]
+		if s.Tool == toolTrawl && strings.TrimSpace(c.TrawlFlags) != "" {
+			s.Name += " " + strings.Join(strings.Fields(c.TrawlFlags), " ")
+		}
+		out = append(out, s)
 	}
 	return out, nil
 }
@@ -252,7 +258,7 @@ func (b *bench) run(ctx context.Context) ([]row, []string, error) {
 		defer os.RemoveAll(work)
 	}
 	block := netip.PrefixFrom(netip.MustParseAddr("198.18.0.0"), cfg.Bits)
-	env := scanEnv{Trawl: trawlBin, Block: block.String(), CooldownSecs: int(cfg.Cooldown / time.Second),
+	env := scanEnv{Trawl: trawlBin, TrawlFlags: strings.Fields(cfg.TrawlFlags), Block: block.String(), CooldownSecs: int(cfg.Cooldown / time.Second),
 		TrawlCooldown: trawlHasCooldown(ctx, trawlBin), WorkDir: work,
 		BlockFile: work + "/zmap-blocklist", AllowFile: work + "/zmap-allowlist"}
 	if err := os.WriteFile(env.BlockFile, nil, 0o644); err != nil {

@@ -70,7 +70,8 @@ type invocation struct {
 
 // scanEnv is what the tools need to know about the testbed and the run.
 type scanEnv struct {
-	Trawl         string // trawl binary
+	Trawl         string   // trawl binary
+	TrawlFlags    []string // extra flags for trawl scan
 	Interface     string
 	SourceIP      string
 	GatewayMAC    string
@@ -122,6 +123,7 @@ func trawlRun(e scanEnv, w workload, rate int) []invocation {
 	if e.TrawlCooldown {
 		args = append(args, "--cooldown", strconv.Itoa(e.CooldownSecs)+"s")
 	}
+	args = append(args, e.TrawlFlags...)
 	return []invocation{{Args: append(args, e.Block), Output: e.out("trawl.jsonl"), Stdout: true}}
 }
 

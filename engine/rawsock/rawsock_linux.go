@@ -37,15 +37,12 @@ type Transport struct {
 	cookie cookie
 	tmpl   *template
 	dec    *decoder
-	txFd   int
 	rxFd   int
 	ring   *rxRing // nil: the receive loop reads with recvfrom
 
-	sendMu sync.Mutex // guards the send buffers and txFd
-	frames []byte
-	iovs   []unix.Iovec
-	msgs   []unix.Mmsghdr
-	sll    unix.RawSockaddrLinklayer
+	sendMu  sync.Mutex // guards senders and lanes
+	senders []*sender  // one per send thread
+	lanes   *lanes     // nil: one sender, used by Send itself
 
 	mu      sync.Mutex // guards started, closed
 	started bool
@@ -79,7 +76,7 @@ func New(cfg Config, log zerolog.Logger) (*Transport, error) {
 		res:    res,
 		src:    binary.BigEndian.Uint32(res.src.AsSlice()),
 		cookie: newCookie(binary.LittleEndian.Uint64(key[:8]), binary.LittleEndian.Uint64(key[8:]), lo, hi),
-		txFd:   -1, rxFd: -1,
+		rxFd:   -1,
 		rxDone: make(chan struct{}),
 	}
 	if t.tmpl, err = newTemplate(res.ifi.HardwareAddr, res.dstMAC, t.src, uint8(cfg.TTL), uint16(cfg.Window)); err != nil {
@@ -90,8 +87,10 @@ func New(cfg Config, log zerolog.Logger) (*Transport, error) {
 		t.closeFds()
 		return nil, fmt.Errorf("cannot create raw transport: %w", err)
 	}
-	t.initBatch()
-	log.Info().Str("interface", res.ifi.Name).Str("source_ip", res.src.String()).
+	if len(t.senders) > 1 {
+		t.lanes = startLanes(t, t.senders)
+	}
+	log.Info().Int("send_threads", len(t.senders)).Str("interface", res.ifi.Name).Str("source_ip", res.src.String()).
 		Str("gateway_mac", res.dstMAC.String()).Str("source_ports", cfg.SourcePorts).Msg("raw transport ready")
 	return t, nil
 }
@@ -122,18 +121,13 @@ func (t *Transport) openSockets(cfg Config, lo, hi uint16) error {
 	if err := unix.Bind(t.rxFd, &unix.SockaddrLinklayer{Protocol: htons(unix.ETH_P_IP), Ifindex: t.res.ifi.Index}); err != nil {
 		return fmt.Errorf("cannot bind the receive socket to %s: %w", t.res.ifi.Name, err)
 	}
-	// The send socket: protocol 0 and never bound, so it receives nothing;
-	// each message names the interface.
-	if t.txFd, err = unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, 0); err != nil {
-		return fmt.Errorf("cannot open the send socket: %w", err)
-	}
-	if err := attachFilter(t.txFd, dropAll()); err != nil {
-		return err
-	}
-	_ = unix.SetsockoptInt(t.txFd, unix.SOL_SOCKET, unix.SO_SNDBUFFORCE, sendBuffer)
-	if cfg.QdiscBypass {
-		if err := unix.SetsockoptInt(t.txFd, unix.SOL_PACKET, unix.PACKET_QDISC_BYPASS, 1); err != nil {
-			return fmt.Errorf("cannot bypass the qdisc: %w", err)
+	for range cfg.SendThreads {
+		sd, err := t.newSender(cfg.QdiscBypass)
+		if sd != nil {
+			t.senders = append(t.senders, sd)
+		}
+		if err != nil {
+			return err
 		}
 	}
 	return nil
@@ -147,26 +141,6 @@ func attachFilter(fd int, prog []unix.SockFilter) error {
 	return nil
 }
 
-// initBatch lays out maxBatch frames with their iovecs and messages once;
-// Send only patches frames and passes a prefix of msgs to sendmmsg.
-func (t *Transport) initBatch() {
-	t.sll = unix.RawSockaddrLinklayer{
-		Family: unix.AF_PACKET, Protocol: htons(unix.ETH_P_IP), Ifindex: int32(t.res.ifi.Index), Halen: 6,
-	}
-	copy(t.sll.Addr[:], t.res.dstMAC)
-	t.frames = make([]byte, maxBatch*frameLen)
-	t.iovs = make([]unix.Iovec, maxBatch)
-	t.msgs = make([]unix.Mmsghdr, maxBatch)
-	for i := range t.msgs {
-		t.iovs[i].Base = &t.frames[i*frameLen]
-		t.iovs[i].SetLen(frameLen)
-		t.msgs[i].Hdr.Name = (*byte)(unsafe.Pointer(&t.sll))
-		t.msgs[i].Hdr.Namelen = unix.SizeofSockaddrLinklayer
-		t.msgs[i].Hdr.Iov = &t.iovs[i]
-		t.msgs[i].Hdr.SetIovlen(1)
-	}
-}
-
 // Start implements engine.Transport.
 func (t *Transport) Start(ctx context.Context, onReply func(engine.Reply)) error {
 	t.mu.Lock()
@@ -177,57 +151,27 @@ func (t *Transport) Start(ctx context.Context, onReply func(engine.Reply)) error
 	t.started = true
 	t.onReply = onReply
 	t.ctxDone = ctx.Done()
+	if t.lanes != nil {
+		context.AfterFunc(ctx, t.lanes.cancel)
+	}
 	context.AfterFunc(ctx, func() { t.stop.Store(true) })
 	go t.receive()
 	return nil
 }
 
-// Send implements engine.Transport: it patches each probe into the batch
-// and hands up to maxBatch frames to the kernel per sendmmsg.
+// Send implements engine.Transport. With one send thread the caller
+// patches and sends the batch itself; with more, the batch is queued to
+// the next thread and a failed send is reported by a later Send.
 func (t *Transport) Send(ctx context.Context, batch []engine.Probe) error {
 	t.sendMu.Lock()
 	defer t.sendMu.Unlock()
-	if t.txFd < 0 || t.isClosed() {
+	if len(t.senders) == 0 || t.isClosed() {
 		return fmt.Errorf("cannot send: %w", engine.ErrTransportClosed)
 	}
-	for len(batch) > 0 {
-		n := min(len(batch), maxBatch)
-		for i, p := range batch[:n] {
-			seq, sport, id := t.cookie.probe(t.src, p.IP, p.Port)
-			t.tmpl.patch(t.frames[i*frameLen:(i+1)*frameLen], p.IP, p.Port, sport, seq, id)
-		}
-		if err := t.sendFrames(ctx, n); err != nil {
-			return err
-		}
-		batch = batch[n:]
+	if t.lanes != nil {
+		return t.lanes.queue(ctx, batch)
 	}
-	return nil
-}
-
-// sendFrames sends the first n prepared frames, resuming after partial
-// sends; a full device queue (ENOBUFS) is retried after a short pause.
-func (t *Transport) sendFrames(ctx context.Context, n int) error {
-	busy := 0
-	for off := 0; off < n; {
-		r, _, e := unix.Syscall6(unix.SYS_SENDMMSG, uintptr(t.txFd), uintptr(unsafe.Pointer(&t.msgs[off])), uintptr(n-off), 0, 0, 0)
-		switch {
-		case e == 0:
-			off += int(r)
-			t.sent.Add(uint64(r))
-			busy = 0
-		case e == unix.EINTR:
-		case (e == unix.ENOBUFS || e == unix.EAGAIN) && busy < 1000:
-			busy++
-			if err := ctx.Err(); err != nil {
-				return err
-			}
-			time.Sleep(50 * time.Microsecond)
-		default:
-			t.sendErrors.Add(uint64(n - off))
-			return fmt.Errorf("cannot send probes: %w", e)
-		}
-	}
-	return nil
+	return t.senders[0].send(ctx, t, batch, true)
 }
 
 func (t *Transport) isClosed() bool {
@@ -297,6 +241,11 @@ func (t *Transport) Close(cooldown time.Duration) error {
 	t.closed = true
 	started := t.started
 	t.mu.Unlock()
+	t.sendMu.Lock()
+	if t.lanes != nil {
+		t.lanes.drain() // the cooldown counts from the last probe sent
+	}
+	t.sendMu.Unlock()
 	if started {
 		timer := time.NewTimer(cooldown)
 		select {
@@ -317,7 +266,11 @@ func (t *Transport) closeFds() error {
 	if err := t.releaseRing(); err != nil {
 		errs = append(errs, err)
 	}
-	for _, fd := range []*int{&t.txFd, &t.rxFd} {
+	fds := []*int{&t.rxFd}
+	for _, sd := range t.senders {
+		fds = append(fds, &sd.fd)
+	}
+	for _, fd := range fds {
 		if *fd >= 0 {
 			if err := unix.Close(*fd); err != nil {
 				errs = append(errs, fmt.Errorf("cannot close raw socket: %w", err))
@@ -325,6 +278,7 @@ func (t *Transport) closeFds() error {
 			*fd = -1
 		}
 	}
+	t.senders = nil
 	return errors.Join(errs...)
 }
 

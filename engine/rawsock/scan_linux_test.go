@@ -145,6 +145,33 @@ func TestScanDenseBlockFindsExactlyTheOpenPorts(t *testing.T) {
 	}
 }
 
+// TestSendThreadsLoseNothingAtFullSpeed: unlimited rate on a dense block
+// with one and with several send threads finds exactly the open ports, and
+// every probe queued to a thread goes out before Close returns. The
+// scanner's kernel RSTs stay on: a half-open connection left by the first
+// scan would answer a second scan's SYN on the same 4-tuple with a bare ACK.
+func TestSendThreadsLoseNothingAtFullSpeed(t *testing.T) {
+	tb := testbed.New(t, testbed.Config{Block: "198.18.4.0/22", OpenPorts: []uint16{22, 443}})
+	for _, threads := range []int{1, 3} {
+		cfg := defaultConfig()
+		cfg.SendThreads = threads
+		tr := newInScanner(t, tb, cfg)
+		found, st := scanTestbed(t, tr, "198.18.4.0/22", []string{"22", "80", "443"}, 0)
+		checkTruth(t, tb, found)
+		rs := tr.Stats()
+		t.Logf("%d send threads: scan %+v; transport %+v", threads, st, rs)
+		if st.Sent != 1024*3 || rs.Sent != 1024*3 || rs.SendErrors != 0 {
+			t.Errorf("%d threads: sent %d (transport %d, errors %d), want %d", threads, st.Sent, rs.Sent, rs.SendErrors, 1024*3)
+		}
+		if err := tr.Close(0); err != nil {
+			t.Errorf("close: %v", err)
+		}
+		if err := tr.Send(context.Background(), []engine.Probe{{IP: 0xC6120401, Port: 22}}); !errors.Is(err, engine.ErrTransportClosed) {
+			t.Errorf("%d threads: send after close: %v, want ErrTransportClosed", threads, err)
+		}
+	}
+}
+
 func TestScanSparseBlockFindsExactlyTheOpenPorts(t *testing.T) {
 	tb := testbed.New(t, testbed.Config{
 		Block: "198.18.16.0/20", OpenPorts: []uint16{22, 443}, SparseFraction: 0.02, Seed: 7,
