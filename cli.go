@@ -204,7 +204,7 @@ func runScan(ctx context.Context, args []string, stdout, stderr io.Writer, geten
 		}
 		modules = append(modules, m)
 	}
-	targets, err := engine.ResolveTargets(ctx, net.DefaultResolver, fs.Args())
+	targets, names, err := engine.ResolveTargets(ctx, net.DefaultResolver, fs.Args())
 	if err != nil {
 		return fail("%v", err)
 	}
@@ -215,7 +215,7 @@ func runScan(ctx context.Context, args []string, stdout, stderr io.Writer, geten
 		_, _ = rand.Read(b[:])
 		task.Seed = binary.LittleEndian.Uint64(b[:])
 	}
-	opt := ingest.TaskOptions{Targets: targets}
+	opt := ingest.TaskOptions{Targets: targets, Hostnames: names}
 	for _, p := range strings.Split(*ports, ",") {
 		if p = strings.TrimSpace(p); p != "" {
 			opt.Ports = append(opt.Ports, ingest.PortSpec{Ports: p, Modules: modules})

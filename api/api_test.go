@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"io"
+	"maps"
 	"net"
 	"net/http"
 	"net/netip"
@@ -197,6 +198,10 @@ func TestCreateTaskPublishesTask(t *testing.T) {
 	}
 	if got := strings.Join(task.Options[1].Targets, ","); got != "198.18.2.0-198.18.2.3,198.18.7.7" {
 		t.Fatalf("targets after resolving: %s", got)
+	}
+	// the name travels with its address, for SNI and certificate checks
+	if !maps.Equal(task.Options[1].Hostnames, map[string]string{"198.18.7.7": "scanme.test"}) || task.Options[0].Hostnames != nil {
+		t.Fatalf("hostnames %v and %v", task.Options[0].Hostnames, task.Options[1].Hostnames)
 	}
 	p := task.Options[0].Ports
 	if len(p) != 2 || p[0].Ports != "22" || p[0].Sample != 10 || p[0].Modules[0] != "service" || p[1].Ports != "8000-8002" || p[1].Modules[0] != "ssh" {

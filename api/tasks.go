@@ -159,7 +159,7 @@ func (s *Server) buildTask(ctx context.Context, clientID string, req taskRequest
 		}
 		var opt ingest.TaskOptions
 		for j, t := range o.Targets {
-			resolved, err := engine.ResolveTargets(rctx, s.deps.Resolver, []string{strings.TrimSpace(t)})
+			resolved, names, err := engine.ResolveTargets(rctx, s.deps.Resolver, []string{strings.TrimSpace(t)})
 			if err != nil {
 				bad(fmt.Sprintf("%s.targets[%d]", at, j), "%v", err)
 				continue
@@ -169,6 +169,14 @@ func (s *Server) buildTask(ctx context.Context, clientID string, req taskRequest
 				continue
 			}
 			opt.Targets = append(opt.Targets, resolved...)
+			for addr, name := range names {
+				if _, seen := opt.Hostnames[addr]; !seen {
+					if opt.Hostnames == nil {
+						opt.Hostnames = map[string]string{}
+					}
+					opt.Hostnames[addr] = name
+				}
+			}
 		}
 		for k, p := range o.Ports {
 			field := fmt.Sprintf("%s.ports[%d]", at, k)

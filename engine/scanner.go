@@ -607,7 +607,7 @@ func (j *jobPublisher) dispatch(space *Space, o Open) {
 	op := ingest.OpenPort{
 		JobID: j.jobID, ClientID: j.client, IP: ip, Port: int(o.Port), Protocol: "tcp",
 		TTL: int(o.TTL), Window: int(o.Window), Modules: modules, Found: time.Now().UnixMilli(),
-		SourcePort: int(o.SrcPort),
+		SourcePort: int(o.SrcPort), Hostname: space.Hostname(o.IP, o.Entries),
 	}
 	if o.SrcIP != 0 {
 		op.SourceIP = FormatIP(o.SrcIP)

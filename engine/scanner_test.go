@@ -287,8 +287,9 @@ func TestRunJobGrabShards(t *testing.T) {
 	task := ingest.Task{
 		Kind: ingest.TaskStart, JobID: "job_grab", ClientID: "usr_1", Type: ingest.JobGrab, Shards: 2,
 		Options: []ingest.TaskOptions{{
-			Targets: []string{"198.18.0.1", "198.18.0.2-198.18.0.4"},
-			Ports:   []ingest.PortSpec{{Ports: "443", Modules: []string{"ssl"}}, {Ports: "8000-8001", Modules: []string{"service"}}},
+			Targets:   []string{"198.18.0.1", "198.18.0.2-198.18.0.4"},
+			Ports:     []ingest.PortSpec{{Ports: "443", Modules: []string{"ssl"}}, {Ports: "8000-8001", Modules: []string{"service"}}},
+			Hostnames: map[string]string{"198.18.0.1": "www.example.test"},
 		}},
 	}
 	bus := newFakeBus()
@@ -317,6 +318,9 @@ func TestRunJobGrabShards(t *testing.T) {
 		}
 		if len(op.Modules) != 1 || op.Modules[0] != want {
 			t.Errorf("%s:%d dispatched with %v", op.IP, op.Port, op.Modules)
+		}
+		if wantName := map[bool]string{true: "www.example.test"}[op.IP == "198.18.0.1"]; op.Hostname != wantName {
+			t.Errorf("%s:%d dispatched with hostname %q, want %q", op.IP, op.Port, op.Hostname, wantName)
 		}
 	}
 	if len(seen) != 12 {

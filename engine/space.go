@@ -3,6 +3,7 @@ package engine
 import (
 	"errors"
 	"fmt"
+	"net/netip"
 	"strings"
 	"sync/atomic"
 
@@ -47,7 +48,8 @@ type Space struct {
 	offsets  []uint64 // offsets[k]: indexes before segments[k]
 	size     uint64
 	excluded uint64
-	overlaps bool // some ip:port lies in two entries
+	overlaps bool                // some ip:port lies in two entries
+	names    []map[uint32]string // per block: hostnames the task gave for its addresses
 }
 
 // NewSpace validates a job's options blocks against the policy and builds
@@ -82,6 +84,9 @@ func NewSpace(opts []ingest.TaskOptions, p Policy) (*Space, error) {
 			})
 		}
 		s.blocks = append(s.blocks, allowed)
+		names, nameErrs := blockNames(i, o.Hostnames)
+		errs = append(errs, nameErrs...)
+		s.names = append(s.names, names)
 	}
 	if len(errs) > 0 {
 		return nil, errors.Join(errs...)
@@ -99,6 +104,35 @@ func NewSpace(opts []ingest.TaskOptions, p Policy) (*Space, error) {
 	}
 	s.overlaps = s.findOverlaps()
 	return s, nil
+}
+
+// blockNames parses a block's address → hostname map.
+func blockNames(i int, hostnames map[string]string) (map[uint32]string, []error) {
+	if len(hostnames) == 0 {
+		return nil, nil
+	}
+	names := make(map[uint32]string, len(hostnames))
+	var errs []error
+	for addr, name := range hostnames {
+		a, err := netip.ParseAddr(addr)
+		ip, ok := IPv4(a)
+		if err != nil || !ok || name == "" {
+			errs = append(errs, fmt.Errorf("options[%d].hostnames: %q → %q is not an IPv4 address and a name: %w", i, addr, name, ErrTarget))
+			continue
+		}
+		names[ip] = name
+	}
+	return names, errs
+}
+
+// Hostname is the name the task gave for ip in the blocks of entries, or "".
+func (s *Space) Hostname(ip uint32, entries []int) string {
+	for _, e := range entries {
+		if name, ok := s.names[s.entries[e].Block][ip]; ok {
+			return name
+		}
+	}
+	return ""
 }
 
 // buildBlock parses one block's targets and applies the policy.

@@ -2,6 +2,7 @@ package engine
 
 import (
 	"errors"
+	"net/netip"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -149,6 +150,8 @@ func TestNewSpaceErrors(t *testing.T) {
 		{"bad port", []ingest.TaskOptions{{Targets: []string{"8.8.8.8"}, Ports: []ingest.PortSpec{{Ports: "80"}, {Ports: "0"}}}},
 			[]error{ErrPort}, []string{"options[0].ports[1]"}},
 		{"no ports", []ingest.TaskOptions{{Targets: []string{"8.8.8.8"}}}, []error{ErrPort}, []string{"options[0].ports"}},
+		{"bad hostname map", []ingest.TaskOptions{{Targets: []string{"8.8.8.8"}, Ports: ports, Hostnames: map[string]string{"8.8.8.8": "", "x": "a.example"}}},
+			[]error{ErrTarget}, []string{"options[0].hostnames", `"8.8.8.8"`, `"x"`}},
 		{"negative sample", []ingest.TaskOptions{{Targets: []string{"8.8.8.8"}, Ports: []ingest.PortSpec{{Ports: "80", Sample: -1}}}},
 			[]error{ErrSample}, []string{"options[0].ports[0]"}},
 		{"all excluded", []ingest.TaskOptions{
@@ -176,6 +179,32 @@ func TestNewSpaceErrors(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+func TestSpaceHostname(t *testing.T) {
+	s, err := NewSpace([]ingest.TaskOptions{
+		{Targets: []string{"8.8.8.8", "8.8.4.4"}, Ports: []ingest.PortSpec{{Ports: "443"}}, Hostnames: map[string]string{"8.8.8.8": "dns.example"}},
+		{Targets: []string{"8.8.8.8"}, Ports: []ingest.PortSpec{{Ports: "853"}}, Hostnames: map[string]string{"8.8.8.8": "dot.example"}},
+	}, DefaultPolicy())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ip := func(a string) uint32 { v, _ := IPv4(netip.MustParseAddr(a)); return v }
+	for _, tc := range []struct {
+		ip      string
+		entries []int
+		want    string
+	}{
+		{"8.8.8.8", []int{0}, "dns.example"},
+		{"8.8.8.8", []int{1}, "dot.example"},
+		{"8.8.8.8", []int{1, 0}, "dot.example"},
+		{"8.8.4.4", []int{0}, ""},
+		{"8.8.8.8", nil, ""},
+	} {
+		if got := s.Hostname(ip(tc.ip), tc.entries); got != tc.want {
+			t.Errorf("Hostname(%s, %v) = %q, want %q", tc.ip, tc.entries, got, tc.want)
+		}
 	}
 }
 

@@ -335,8 +335,10 @@ type Resolver interface {
 // resolved once here so that every scanner shard sees the same targets.
 // Literals, ranges and CIDRs are kept as they are (and not validated: that
 // is ParseTargets' job). A name without an IPv4 address is an error; all
-// failures are reported, each naming its spec.
-func ResolveTargets(ctx context.Context, r Resolver, specs []string) ([]string, error) {
+// failures are reported, each naming its spec. names maps each address a
+// hostname resolved to back to that name (the first, when several share
+// it), so that probes can name the server (TLS SNI, certificate checks).
+func ResolveTargets(ctx context.Context, r Resolver, specs []string) (targets []string, names map[string]string, err error) {
 	out := make([]string, 0, len(specs))
 	var errs []error
 	for i, spec := range specs {
@@ -357,6 +359,12 @@ func ResolveTargets(ctx context.Context, r Resolver, specs []string) ([]string, 
 				if !slices.Contains(out[n:], s) {
 					out = append(out, s)
 				}
+				if _, seen := names[s]; !seen {
+					if names == nil {
+						names = map[string]string{}
+					}
+					names[s] = strings.TrimSuffix(strings.ToLower(host), ".")
+				}
 			}
 		}
 		if len(out) == n {
@@ -364,9 +372,9 @@ func ResolveTargets(ctx context.Context, r Resolver, specs []string) ([]string, 
 		}
 	}
 	if len(errs) > 0 {
-		return nil, errors.Join(errs...)
+		return nil, nil, errors.Join(errs...)
 	}
-	return out, nil
+	return out, names, nil
 }
 
 // PortRange is an inclusive range of ports.

@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"maps"
 	"context"
 	"errors"
 	"net/netip"
@@ -185,7 +186,7 @@ func (f fakeResolver) LookupNetIP(_ context.Context, network, host string) ([]ne
 	if network != "ip4" {
 		return nil, errors.New("want ip4 lookups")
 	}
-	addrs, ok := f[host]
+	addrs, ok := f[strings.TrimSuffix(strings.ToLower(host), ".")] // DNS names are case-insensitive
 	if !ok {
 		return nil, errors.New("no such host")
 	}
@@ -198,11 +199,15 @@ func TestResolveTargets(t *testing.T) {
 		"v6.example":     {netip.MustParseAddr("2001:db8::1")},
 		"mapped.example": {netip.MustParseAddr("::ffff:198.18.0.9")},
 	}
-	got, err := ResolveTargets(context.Background(), r, []string{"198.18.1.0/24", "a.example", "1.2.3.4-1.2.3.5", "mapped.example"})
+	got, names, err := ResolveTargets(context.Background(), r, []string{"198.18.1.0/24", "a.example", "1.2.3.4-1.2.3.5", "Mapped.Example.", "a.example"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := []string{"198.18.1.0/24", "198.18.0.1", "198.18.0.2", "1.2.3.4-1.2.3.5", "198.18.0.9"}
+	wantNames := map[string]string{"198.18.0.1": "a.example", "198.18.0.2": "a.example", "198.18.0.9": "mapped.example"}
+	if !maps.Equal(names, wantNames) {
+		t.Errorf("names = %v, want %v", names, wantNames)
+	}
+	want := []string{"198.18.1.0/24", "198.18.0.1", "198.18.0.2", "1.2.3.4-1.2.3.5", "198.18.0.9", "198.18.0.1", "198.18.0.2"}
 	if strings.Join(got, " ") != strings.Join(want, " ") {
 		t.Errorf("ResolveTargets = %q, want %q", got, want)
 	}
@@ -210,7 +215,7 @@ func TestResolveTargets(t *testing.T) {
 		t.Errorf("resolved targets do not parse: %v", err)
 	}
 
-	_, err = ResolveTargets(context.Background(), r, []string{"v6.example", "missing.example", "1.2.3.4"})
+	_, _, err = ResolveTargets(context.Background(), r, []string{"v6.example", "missing.example", "1.2.3.4"})
 	if !errors.Is(err, ErrNoIPv4) {
 		t.Errorf("v6-only name: error = %v, want ErrNoIPv4", err)
 	}

@@ -15,7 +15,12 @@ import (
 // Layout: a tag byte (openPortBinaryV1), then uvarint-length-prefixed strings
 // and uvarints, in field order: job_id, client_id, ip, port, protocol, ttl,
 // window, modules (count, then each), found (varint), source_ip, source_port.
-const openPortBinaryV1 = 0xB1
+// openPortBinaryV2 appends hostname; it is written only for an open port
+// that has one, so workers of the previous release read every other record.
+const (
+	openPortBinaryV1 = 0xB1
+	openPortBinaryV2 = 0xB2
+)
 
 var errShort = errors.New("truncated record")
 
@@ -26,7 +31,11 @@ func appendString(dst []byte, s string) []byte {
 
 // encodeOpenPort appends op's binary form to dst.
 func encodeOpenPort(dst []byte, op *OpenPort) []byte {
-	dst = append(dst, openPortBinaryV1)
+	tag := byte(openPortBinaryV1)
+	if op.Hostname != "" {
+		tag = openPortBinaryV2
+	}
+	dst = append(dst, tag)
 	dst = appendString(dst, op.JobID)
 	dst = appendString(dst, op.ClientID)
 	dst = appendString(dst, op.IP)
@@ -40,7 +49,11 @@ func encodeOpenPort(dst []byte, op *OpenPort) []byte {
 	}
 	dst = binary.AppendVarint(dst, op.Found)
 	dst = appendString(dst, op.SourceIP)
-	return binary.AppendUvarint(dst, uint64(op.SourcePort))
+	dst = binary.AppendUvarint(dst, uint64(op.SourcePort))
+	if tag == openPortBinaryV2 {
+		dst = appendString(dst, op.Hostname)
+	}
+	return dst
 }
 
 // openPortReader walks a binary OpenPort, remembering the first error.
@@ -111,6 +124,10 @@ func decodeOpenPort(b []byte, op *OpenPort) error {
 	op.Found = r.varint()
 	op.SourceIP = r.str()
 	op.SourcePort = int(r.uvarint())
+	op.Hostname = ""
+	if b[0] == openPortBinaryV2 {
+		op.Hostname = r.str()
+	}
 	if r.err != nil {
 		return fmt.Errorf("cannot decode open port: %w", r.err)
 	}

@@ -14,13 +14,16 @@ func sampleOpenPort() OpenPort {
 }
 
 func TestOpenPortBinaryRoundTrip(t *testing.T) {
-	for _, op := range []OpenPort{sampleOpenPort(), {JobID: "j", IP: "::1", Port: 65535, Found: -1}, {}} {
+	named := sampleOpenPort()
+	named.Hostname = "www.example.test"
+	for _, op := range []OpenPort{sampleOpenPort(), named, {JobID: "j", IP: "::1", Port: 65535, Found: -1}, {}} {
 		b, err := Encode(nil, &op)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if b[0] != openPortBinaryV1 {
-			t.Fatalf("open ports are not binary: % x", b[:8])
+		// the previous release's form unless there is a hostname to carry
+		if want := byte(openPortBinaryV1); b[0] != want && !(op.Hostname != "" && b[0] == openPortBinaryV2) {
+			t.Fatalf("open port %+v encoded with tag %x", op, b[0])
 		}
 		var got OpenPort
 		if err := Decode(b, &got); err != nil {
@@ -48,6 +51,7 @@ func TestOpenPortDecodesJSONToo(t *testing.T) {
 
 func TestOpenPortBinaryRejectsDamage(t *testing.T) {
 	op := sampleOpenPort()
+	op.Hostname = "www.example.test"
 	b, _ := Encode(nil, &op)
 	for n := 1; n < len(b); n++ {
 		var got OpenPort
@@ -59,7 +63,7 @@ func TestOpenPortBinaryRejectsDamage(t *testing.T) {
 	if err := Decode(append(append([]byte(nil), b...), 0), &got); err == nil {
 		t.Fatal("trailing bytes accepted")
 	}
-	if err := Decode([]byte{0xB2, 1, 2}, &got); !errors.Is(err, ErrVersion) {
+	if err := Decode([]byte{0xB3, 1, 2}, &got); !errors.Is(err, ErrVersion) {
 		t.Fatalf("a newer binary form: %v, want ErrVersion", err)
 	}
 	huge := []byte{openPortBinaryV1, 0, 0, 0, 0xFF, 0xFF, 0x07} // port 131071

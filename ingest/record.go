@@ -158,6 +158,9 @@ type Task struct {
 type TaskOptions struct {
 	Targets []string   `json:"targets"`
 	Ports   []PortSpec `json:"ports"`
+	// Hostnames maps an address a hostname target resolved to back to that
+	// name: probes send it (TLS SNI) and check certificates against it.
+	Hostnames map[string]string `json:"hostnames,omitempty"`
 }
 
 // PortSpec is one port entry: a port or range, its modules and its sample.
@@ -182,6 +185,8 @@ type OpenPort struct {
 	// SourceIP/SourcePort are the scanner's side of the probe, for origin.
 	SourceIP   string `json:"source_ip,omitempty"`
 	SourcePort int    `json:"source_port,omitempty"`
+	// Hostname is the name the task gave for IP, if it gave one.
+	Hostname string `json:"hostname,omitempty"`
 }
 
 // Encode appends the record's wire form to dst. Tasks and events are JSON
@@ -214,7 +219,7 @@ func Encode(dst []byte, rec any) ([]byte, error) {
 
 // Decode parses a wire record into rec (a *Event, *Task or *OpenPort).
 func Decode(b []byte, rec any) error {
-	if op, ok := rec.(*OpenPort); ok && len(b) > 0 && b[0] == openPortBinaryV1 {
+	if op, ok := rec.(*OpenPort); ok && len(b) > 0 && (b[0] == openPortBinaryV1 || b[0] == openPortBinaryV2) {
 		return decodeOpenPort(b, op)
 	}
 	if len(b) > 0 && b[0] != '{' && b[0] != ' ' && b[0] != '\n' {

@@ -27,6 +27,9 @@ type Target struct {
 	Port     int
 	Protocol string
 	JobID    string
+	// Hostname is the name the task gave for IP ("" for address targets):
+	// modules that can name the server (TLS SNI) send it.
+	Hostname string
 }
 
 // Status is the outcome class of a probe, result.data.status of its event.

@@ -283,7 +283,7 @@ func (w *Worker) probeOne(workCtx context.Context, op *ingest.OpenPort, name str
 	}
 	var res Result
 	if m, ok := w.reg.Get(name); ok {
-		res = w.pool.Probe(workCtx, m, Target{IP: op.IP, Port: op.Port, Protocol: protocol, JobID: op.JobID})
+		res = w.pool.Probe(workCtx, m, Target{IP: op.IP, Port: op.Port, Protocol: protocol, JobID: op.JobID, Hostname: op.Hostname})
 	} else {
 		res = Result{Status: StatusError, Error: fmt.Sprintf("unknown module %q", name), Started: time.Now()}
 	}

@@ -23,7 +23,7 @@ type echoModule struct{ name string }
 
 func (m echoModule) Name() string { return m.name }
 func (m echoModule) Probe(_ context.Context, t Target) (Result, error) {
-	return Result{Status: StatusSuccess, Data: map[string]any{"seen_port": t.Port, "seen_job": t.JobID}, Raw: []byte("hi\r\n")}, nil
+	return Result{Status: StatusSuccess, Data: map[string]any{"seen_port": t.Port, "seen_job": t.JobID, "seen_host": t.Hostname}, Raw: []byte("hi\r\n")}, nil
 }
 
 // stuckModule blocks until its ctx ends.
@@ -199,7 +199,11 @@ func TestWorkerOneEventPerPortModule(t *testing.T) {
 	const ports = 100
 	before := time.Now().UnixMilli()
 	for i := range ports {
-		publishPort(t, bus, openPort("job_1", 1000+i, "alpha", "beta", "alpha"))
+		op := openPort("job_1", 1000+i, "alpha", "beta", "alpha")
+		if i%2 == 0 {
+			op.Hostname = "www.example.test"
+		}
+		publishPort(t, bus, op)
 	}
 	publishPort(t, bus, openPort("job_1", 22, "alpha", "nosuch"))
 	// an unreadable record is dropped (acked) without an event
@@ -234,8 +238,9 @@ func TestWorkerOneEventPerPortModule(t *testing.T) {
 		data := dataOf(t, ev)
 		switch ev.Origin.Type {
 		case "alpha", "beta":
+			wantHost := map[bool]string{true: "www.example.test"}[ev.Target.Port >= 1000 && ev.Target.Port%2 == 0]
 			if data["status"] != "success" || data["seen_port"] != float64(ev.Target.Port) ||
-				data["seen_job"] != "job_1" || data["raw"] != `hi\r\n` || data["timing"] == nil {
+				data["seen_job"] != "job_1" || data["seen_host"] != wantHost || data["raw"] != `hi\r\n` || data["timing"] == nil {
 				t.Fatalf("%s: data %v", key, data)
 			}
 		case "nosuch":

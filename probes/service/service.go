@@ -196,8 +196,9 @@ type detection struct {
 
 // detectTLS probes inside TLS when a handshake succeeds; what it finds
 // there replaces the plaintext findings.
-func (m *Module) detectTLS(ctx context.Context, port int, plain dialFunc, d *detection) {
-	inner, ok := m.tryTLS(ctx, plain)
+func (m *Module) detectTLS(ctx context.Context, t probes.Target, plain dialFunc, d *detection) {
+	port := t.Port
+	inner, ok := m.tryTLS(ctx, t.Hostname, plain)
 	if !ok {
 		return
 	}
@@ -240,13 +241,13 @@ func (m *Module) Probe(ctx context.Context, t probes.Target) (probes.Result, err
 	triedTLS := false
 	if d.hard == nil && d.connected && (tlsFirst && !d.anyReply || !tlsFirst) {
 		triedTLS = true
-		m.detectTLS(pctx, t.Port, plain, &d)
+		m.detectTLS(pctx, t, plain, &d)
 	}
 	if tlsFirst && !d.tlsOK && d.hard == nil && d.connected && pctx.Err() == nil {
 		d.nullOnly, d.skipNull = false, true
 		m.detect(pctx, t.Port, plain, "", &d)
 		if !triedTLS && d.hard == nil {
-			m.detectTLS(pctx, t.Port, plain, &d)
+			m.detectTLS(pctx, t, plain, &d)
 		}
 	}
 	res.Duration = time.Since(res.Started)
@@ -463,8 +464,9 @@ func (m *Module) order(port int, tunnel string) []*Probe {
 const tlsProbe = "SSLSessionReq"
 
 // tryTLS runs a TLS handshake (any certificate: this identifies, it does
-// not trust) and returns a dialer of TLS connections when it succeeds.
-func (m *Module) tryTLS(ctx context.Context, plain dialFunc) (dialFunc, bool) {
+// not trust), naming the server when the task named it, and returns a
+// dialer of TLS connections when it succeeds.
+func (m *Module) tryTLS(ctx context.Context, serverName string, plain dialFunc) (dialFunc, bool) {
 	dial := func(ctx context.Context) (net.Conn, error) {
 		raw, err := plain(ctx)
 		if err != nil {
@@ -472,7 +474,7 @@ func (m *Module) tryTLS(ctx context.Context, plain dialFunc) (dialFunc, bool) {
 		}
 		hctx, cancel := context.WithTimeout(ctx, m.cfg.ReplyWait)
 		defer cancel()
-		c := tls.Client(raw, &tls.Config{InsecureSkipVerify: true, MinVersion: tls.VersionTLS10}) //nolint:gosec // identification only
+		c := tls.Client(raw, &tls.Config{ServerName: serverName, InsecureSkipVerify: true, MinVersion: tls.VersionTLS10}) //nolint:gosec // identification only
 		if err := c.HandshakeContext(hctx); err != nil {
 			closeAbruptly(raw)
 			return nil, err

@@ -237,6 +237,43 @@ func TestProbeSNI(t *testing.T) {
 	}
 }
 
+// TestProbeSendsTheTargetsHostname: a target named by the task gets that
+// name as SNI and in the certificate check; --ssl.sni overrides it.
+func TestProbeSendsTheTargetsHostname(t *testing.T) {
+	p := newTestPKI(t)
+	srv := startTLSServer(t, &tls.Config{
+		MinVersion: tls.VersionTLS12,
+		GetCertificate: func(hi *tls.ClientHelloInfo) (*tls.Certificate, error) {
+			if hi.ServerName == "a.trawl.test" {
+				return &p.leaf, nil
+			}
+			return &p.self, nil
+		},
+	})
+	for _, tc := range []struct {
+		cfgSNI, hostname, wantName, wantSHA string
+	}{
+		{"", "a.trawl.test", "a.trawl.test", sha256Hex(p.leafDER)},
+		{"other.trawl.test", "a.trawl.test", "other.trawl.test", sha256Hex(p.selfDER)},
+	} {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		res, err := testModule(Config{SNI: tc.cfgSNI}, p.roots).Probe(ctx, probes.Target{IP: "127.0.0.1", Port: srv.port, Protocol: "tcp", Hostname: tc.hostname})
+		cancel()
+		if err != nil {
+			t.Fatal(err)
+		}
+		ci, ok := res.Data["cert_info"].(*CertInfo)
+		if !ok || len(ci.CertificateChain) == 0 {
+			t.Fatalf("no cert_info: %s %s", res.Status, res.Error)
+		}
+		info, _ := res.Data["server_info"].(ServerInfo)
+		if got := ci.CertificateChain[0].SHA256Fingerprint; got != tc.wantSHA || info.Hostname != tc.wantName ||
+			ci.HostnameValidation.MatchesHostname != (tc.wantName == "a.trawl.test") {
+			t.Errorf("sni %q hostname %q: leaf %s, server_info %+v, hostname check %+v", tc.cfgSNI, tc.hostname, got, info, ci.HostnameValidation)
+		}
+	}
+}
+
 func TestProbeFailures(t *testing.T) {
 	plain := startServer(t, func(c net.Conn) {
 		buf := make([]byte, 512)

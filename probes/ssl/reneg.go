@@ -123,7 +123,7 @@ func (s *scan) clientRenegotiation(ctx context.Context, tls12 *VersionResult) re
 		return renegVerdict{reason: "not tested: " + err.Error()}
 	}
 	defer release()
-	c := newTLS12Client(conn, s.m.cfg.SNI, suites)
+	c := newTLS12Client(conn, s.sni, suites)
 	if err := c.handshake(); err != nil {
 		return renegVerdict{reason: "not tested: cannot complete the TLS 1.2 handshake: " + err.Error()}
 	}

@@ -11,6 +11,7 @@ package ssl
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/ecdh"
 	"crypto/md5"
@@ -44,7 +45,8 @@ type Config struct {
 	// MaxHandshakes caps the handshakes of one probe; the cipher lists say
 	// when it cut them short.
 	MaxHandshakes int
-	// SNI is the server name sent; empty sends none (targets are IPs).
+	// SNI is the server name sent to every target; empty sends the name
+	// the task gave for the target's address, or none for address targets.
 	SNI string
 	// StartTLS is "auto" (by port: smtp 25/587, imap 143, pop3 110,
 	// ftp 21), "none", or a protocol forced on every port.
@@ -72,7 +74,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet, prefix string) {
 	fs.DurationVar(&c.Timeout, prefix+"timeout", d.Timeout, "time limit of each TLS handshake")
 	fs.IntVar(&c.Concurrency, prefix+"concurrency", d.Concurrency, "connections open to one target at once (1 or 2)")
 	fs.IntVar(&c.MaxHandshakes, prefix+"max-handshakes", d.MaxHandshakes, "handshakes per probed port at most")
-	fs.StringVar(&c.SNI, prefix+"sni", d.SNI, "server name to send (none when empty)")
+	fs.StringVar(&c.SNI, prefix+"sni", d.SNI, "server name to send to every target (default: the hostname the task gave for the target, none for address targets)")
 	fs.StringVar(&c.StartTLS, prefix+"starttls", d.StartTLS, "auto (by port), none, smtp, imap, pop3 or ftp")
 	fs.Func(prefix+"alpn", "comma-separated ALPN protocols offered on plain TLS ports (default \"h2,http/1.1\")", func(s string) error {
 		c.ALPN = []string{}
@@ -307,6 +309,7 @@ var (
 type scan struct {
 	m        *Module
 	t        probes.Target
+	sni      string // server name sent and checked against the certificate
 	addr     string
 	starttls string
 	slots    chan struct{}
@@ -328,14 +331,14 @@ type scan struct {
 func (m *Module) Probe(ctx context.Context, t probes.Target) (probes.Result, error) {
 	res := probes.Result{Started: time.Now()}
 	s := &scan{
-		m: m, t: t, addr: net.JoinHostPort(t.IP, strconv.Itoa(t.Port)),
+		m: m, t: t, sni: cmp.Or(m.cfg.SNI, t.Hostname), addr: net.JoinHostPort(t.IP, strconv.Itoa(t.Port)),
 		starttls: startTLSFor(m.cfg.StartTLS, t.Port),
 		slots:    make(chan struct{}, m.cfg.Concurrency),
 		hellos:   map[uint16]*flight{},
 	}
 	s.left.Store(int64(m.cfg.MaxHandshakes))
 
-	info := ServerInfo{IPAddress: t.IP, Port: t.Port, Hostname: m.cfg.SNI, TLSWrappedProtocol: "plain_tls"}
+	info := ServerInfo{IPAddress: t.IP, Port: t.Port, Hostname: s.sni, TLSWrappedProtocol: "plain_tls"}
 	if s.starttls != "" {
 		info.TLSWrappedProtocol = "starttls_" + s.starttls
 	} else {
@@ -403,7 +406,7 @@ func (m *Module) Probe(ctx context.Context, t probes.Target) (probes.Result, err
 
 	data := map[string]any{"server_info": info, "ciphers": ciphers, "vulnerabilities": vulns}
 	if len(certs) > 0 {
-		data["cert_info"] = describeChain(certs, m.cfg.SNI, ipOnly(t.IP), m.roots, m.now())
+		data["cert_info"] = describeChain(certs, s.sni, ipOnly(t.IP), m.roots, m.now())
 	}
 	res.Data, res.Raw = data, raw
 	res.Duration = time.Since(res.Started)
@@ -565,7 +568,7 @@ func (s *scan) defaultHandshake(ctx context.Context) (defaultResult, error) {
 	rec := &recordingConn{Conn: conn}
 	cfg := &tls.Config{
 		InsecureSkipVerify: true, // the chain is judged separately, against the system roots
-		ServerName:         s.m.cfg.SNI,
+		ServerName:         s.sni,
 		MinVersion:         tls.VersionTLS10,
 		MaxVersion:         tls.VersionTLS13,
 		CipherSuites:       goSuites,
@@ -716,7 +719,7 @@ func tableIndex(id uint16) int {
 }
 
 func (s *scan) hello(v uint16, suites []uint16) helloSpec {
-	h := helloSpec{version: v, suites: suites, sni: s.m.cfg.SNI, heartbeat: v < versionTLS13}
+	h := helloSpec{version: v, suites: suites, sni: s.sni, heartbeat: v < versionTLS13}
 	if s.starttls == "" {
 		h.alpn = s.m.cfg.ALPN
 	}
