@@ -32,19 +32,22 @@ import (
 const (
 	svcIngest  = "ingest"
 	svcTracker = "tracker"
+	svcBlobs   = "blobs"
 	svcWorker  = "worker"
 	svcScanner = "scanner"
 	svcStream  = "stream"
 	svcAPI     = "api"
 )
 
-var serviceOrder = []string{svcIngest, svcTracker, svcWorker, svcScanner, svcStream, svcAPI}
+var serviceOrder = []string{svcIngest, svcTracker, svcBlobs, svcWorker, svcScanner, svcStream, svcAPI}
 
-// roles maps a role to the services it runs; "all" is the union. The job
-// tracker runs with the API because it writes the API's job metadata.
+// roles maps a role to the services it runs. The job tracker and the
+// blobs service run with the API because they write the API's store; "all"
+// runs everything but the blobs service (its worker stores screenshots
+// directly).
 var roles = map[string][]string{
-	"all":     serviceOrder,
-	"api":     {svcTracker, svcAPI},
+	"all":     {svcIngest, svcTracker, svcWorker, svcScanner, svcStream, svcAPI},
+	"api":     {svcTracker, svcBlobs, svcAPI},
 	"stream":  {svcStream},
 	"scanner": {svcScanner},
 	"worker":  {svcWorker},
@@ -167,11 +170,14 @@ func newApp(role string, cfg *Config, log zerolog.Logger) (*App, error) {
 	if err != nil {
 		return nil, err
 	}
-	// Screenshots are kept where the API serves them from: in one process
-	// only ('trawl all'); a worker of its own keeps none (the field says so).
+	// Screenshots are kept where the API serves them from: 'trawl all' stores
+	// them directly; a worker of its own publishes them to the API node's
+	// blobs service, and links them to --api.public-url.
 	var shots vnc.ScreenshotStore
 	if role == "all" {
 		shots = api.Screenshots{Store: meta, BaseURL: cfg.API.BaseURL()}
+	} else if need[svcWorker] {
+		shots = api.PublishedScreenshots{Bus: bus, BaseURL: cfg.API.BaseURL(), MaxBytes: kafkabus.MaxBlobBytes}
 	}
 	reg, err := probeModules(cfg.Modules, shots)
 	if err != nil {
@@ -192,6 +198,8 @@ func newApp(role string, cfg *Config, log zerolog.Logger) (*App, error) {
 				tr.FailOrphans(meta) // the in-process bus kept nothing across the restart
 			}
 			run = tr.Run
+		case svcBlobs:
+			run = api.NewBlobIngester(bus, meta, logFor(name)).Run
 		case svcWorker:
 			run = probes.NewWorker(cfg.Worker, bus, reg, logFor(name)).Run
 		case svcScanner:
@@ -203,9 +211,7 @@ func newApp(role string, cfg *Config, log zerolog.Logger) (*App, error) {
 		case svcAPI:
 			deps := api.Deps{Bus: bus, Store: meta, Results: events, Analytics: events, Policy: policy, Resolver: net.DefaultResolver,
 				Tokens: tokens, Modules: reg.Names()}
-			if role == "all" {
-				deps.Blobs = meta
-			}
+			deps.Blobs = meta
 			app.apiSrv = api.New(cfg.API, deps, logFor(name))
 			run = app.apiSrv.Run
 		}

@@ -160,7 +160,7 @@ func TestScaledOutRoles(t *testing.T) {
 	}
 	var workers, ingesters []*proc
 	for i := 0; i < 3; i++ {
-		workers = append(workers, role(fmt.Sprintf("worker-%d", i), "worker"))
+		workers = append(workers, role(fmt.Sprintf("worker-%d", i), "worker", "--api.public-url", apiURL))
 	}
 	for i := 0; i < 2; i++ {
 		ingesters = append(ingesters, role(fmt.Sprintf("ingest-%d", i), "ingest"))
@@ -263,6 +263,8 @@ func TestScaledOutRoles(t *testing.T) {
 			}
 		}
 	}
+	checkScreenshotLink(t, ctx, apiURL, token)
+
 	// throughput with the survivors (2 workers, 1 ingester)
 	n, took := grabThroughput(t, ctx, apiURL, token, 100, 40)
 	t.Logf("grab job: %d results end to end in %s (%.0f results/s) with 2 workers and 1 ingester", n, took.Round(time.Millisecond), float64(n)/took.Seconds())

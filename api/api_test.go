@@ -64,7 +64,7 @@ func startAPI(t *testing.T, mutate func(*Config)) *testAPI {
 	if mutate != nil {
 		mutate(&cfg)
 	}
-	srv := New(cfg, Deps{Bus: bus, Store: store, Results: store, Policy: policy, Resolver: fakeResolver{}, Tokens: tokens, Modules: []string{"service", "ssh"}}, zerolog.Nop())
+	srv := New(cfg, Deps{Bus: bus, Store: store, Results: store, Blobs: store, Policy: policy, Resolver: fakeResolver{}, Tokens: tokens, Modules: []string{"service", "ssh"}}, zerolog.Nop())
 	done := make(chan error, 1)
 	go func() { done <- srv.Run(ctx) }()
 	tasks, err := bus.Subscribe(ctx, ingest.TopicTasks, "test")

@@ -17,6 +17,9 @@ const (
 	TopicTasks  = "tasks"  // Task records (start, cancel); key: job id
 	TopicPorts  = "ports"  // OpenPort records for probe workers; key: ip
 	TopicEvents = "events" // Event records; key: job id
+	// TopicBlobs carries probe artifacts (VNC screenshots) from workers that
+	// run apart from the API to the API node, which stores and serves them.
+	TopicBlobs = "blobs" // Blob records; key: job id
 )
 
 // Message is one record on the bus. Key chooses the partition where the bus

@@ -189,6 +189,17 @@ type OpenPort struct {
 	Hostname string `json:"hostname,omitempty"`
 }
 
+// Blob is a probe artifact (a VNC screenshot) on its way to the store that
+// serves it; SHA256 (hex) names it within its job.
+type Blob struct {
+	V           int    `json:"v"`
+	JobID       string `json:"job_id"`
+	SHA256      string `json:"sha256"`
+	ContentType string `json:"content_type"`
+	Data        []byte `json:"data"`
+	Created     int64  `json:"created"` // unix milliseconds
+}
+
 // Encode appends the record's wire form to dst. Tasks and events are JSON
 // with a "v" field (low volume; events go to clients as JSON anyway); open
 // ports use a compact binary form (openport.go). The choice per topic was
@@ -207,6 +218,8 @@ func Encode(dst []byte, rec any) ([]byte, error) {
 	case *OpenPort:
 		r.V = SchemaVersion
 		return encodeOpenPort(dst, r), nil
+	case *Blob:
+		r.V = SchemaVersion
 	default:
 		return dst, fmt.Errorf("cannot encode %T: not a wire record", rec)
 	}
@@ -217,7 +230,7 @@ func Encode(dst []byte, rec any) ([]byte, error) {
 	return append(dst, b...), nil
 }
 
-// Decode parses a wire record into rec (a *Event, *Task or *OpenPort).
+// Decode parses a wire record into rec (a *Event, *Task, *OpenPort or *Blob).
 func Decode(b []byte, rec any) error {
 	if op, ok := rec.(*OpenPort); ok && len(b) > 0 && (b[0] == openPortBinaryV1 || b[0] == openPortBinaryV2) {
 		return decodeOpenPort(b, op)
@@ -237,6 +250,8 @@ func Decode(b []byte, rec any) error {
 	case *Task:
 		v = r.V
 	case *OpenPort:
+		v = r.V
+	case *Blob:
 		v = r.V
 	}
 	if v > SchemaVersion {

@@ -4,13 +4,14 @@
 // # Topics and keys
 //
 // Bus topic t is the Kafka topic Config.TopicPrefix+t: "trawl.tasks",
-// "trawl.ports", "trawl.events". Publish sends each message to the partition
+// "trawl.ports", "trawl.events", "trawl.blobs". Publish sends each message to the partition
 // its key hashes to (murmur2, as Java clients do), so messages with equal
 // keys keep their order and the rest spread: tasks and events are keyed by
 // job id (a job's tasks, and its events up to the terminal job_status, stay
 // in order for every consumer), open ports by ip (load spreads over
 // partitions and so over workers). InitTopics (`trawl kafka init`) creates
-// the three topics with the configured partitions and replication;
+// the four topics with the configured partitions and replication (blobs
+// with room for messages of MaxBlobBytes);
 // Config.CreateTopics also creates any topic on first use.
 //
 // # How each role subscribes
@@ -55,6 +56,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
 	"sync"
 	"time"
 
@@ -301,17 +303,24 @@ func InitTopics(ctx context.Context, cfg Config) error {
 	transport := newTransport(cfg)
 	defer transport.CloseIdleConnections()
 	client := &kafka.Client{Addr: kafka.TCP(cfg.Brokers...), Transport: transport}
-	names := []string{ingest.TopicTasks, ingest.TopicPorts, ingest.TopicEvents}
+	names := []string{ingest.TopicTasks, ingest.TopicPorts, ingest.TopicEvents, ingest.TopicBlobs}
 	for i, n := range names {
 		names[i] = cfg.TopicPrefix + n
 	}
 	return createTopics(ctx, client, cfg, names...)
 }
 
+// MaxBlobBytes is the largest blob (a screenshot PNG) the blobs topic is
+// created to hold; publishers refuse larger ones.
+const MaxBlobBytes = 8 << 20
+
 func createTopics(ctx context.Context, client *kafka.Client, cfg Config, names ...string) error {
 	req := &kafka.CreateTopicsRequest{Topics: make([]kafka.TopicConfig, len(names))}
 	for i, n := range names {
 		req.Topics[i] = kafka.TopicConfig{Topic: n, NumPartitions: cfg.Partitions, ReplicationFactor: cfg.Replication}
+		if n == cfg.TopicPrefix+ingest.TopicBlobs { // a screenshot outgrows the broker's 1 MB default
+			req.Topics[i].ConfigEntries = []kafka.ConfigEntry{{ConfigName: "max.message.bytes", ConfigValue: strconv.Itoa(MaxBlobBytes + 64<<10)}}
+		}
 	}
 	resp, err := client.CreateTopics(ctx, req)
 	if err != nil {

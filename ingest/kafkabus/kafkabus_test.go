@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -208,8 +209,9 @@ func TestOutOfOrderAcks(t *testing.T) {
 	}
 }
 
-// TestInitTopicsIdempotent: InitTopics creates the three topics with the
-// configured partitions and succeeds again when they exist.
+// TestInitTopicsIdempotent: InitTopics creates the four topics with the
+// configured partitions (blobs with room for a screenshot) and succeeds
+// again when they exist.
 func TestInitTopicsIdempotent(t *testing.T) {
 	brokers := startCluster(t, 1)
 	cfg := testConfig(brokers)
@@ -226,7 +228,7 @@ func TestInitTopicsIdempotent(t *testing.T) {
 		t.Fatalf("Dial: %v", err)
 	}
 	defer conn.Close()
-	for _, topic := range []string{ingest.TopicTasks, ingest.TopicPorts, ingest.TopicEvents} {
+	for _, topic := range []string{ingest.TopicTasks, ingest.TopicPorts, ingest.TopicEvents, ingest.TopicBlobs} {
 		parts, err := conn.ReadPartitions("init-test." + topic)
 		if err != nil {
 			t.Fatalf("ReadPartitions(%s): %v", topic, err)
@@ -234,6 +236,17 @@ func TestInitTopicsIdempotent(t *testing.T) {
 		if len(parts) != 5 {
 			t.Fatalf("topic %s has %d partitions, want 5", topic, len(parts))
 		}
+	}
+
+	client := &kafka.Client{Addr: kafka.TCP(brokers...)}
+	described, err := client.DescribeConfigs(ctx, &kafka.DescribeConfigsRequest{Resources: []kafka.DescribeConfigRequestResource{{
+		ResourceType: kafka.ResourceTypeTopic, ResourceName: "init-test." + ingest.TopicBlobs, ConfigNames: []string{"max.message.bytes"},
+	}}})
+	if err != nil || len(described.Resources) != 1 || len(described.Resources[0].ConfigEntries) != 1 {
+		t.Fatalf("DescribeConfigs(blobs): %+v %v", described, err)
+	}
+	if got, want := described.Resources[0].ConfigEntries[0].ConfigValue, strconv.Itoa(MaxBlobBytes+64<<10); got != want {
+		t.Errorf("blobs max.message.bytes = %s, want %s", got, want)
 	}
 
 	bad := cfg
