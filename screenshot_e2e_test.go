@@ -55,7 +55,7 @@ func serveRFB(c net.Conn, w, h int) {
 	if kind, err := r.ReadByte(); err != nil || kind != 1 {
 		return
 	}
-	c.Write([]byte{0, 0, 0, 0}) // SecurityResult: OK
+	c.Write([]byte{0, 0, 0, 0})             // SecurityResult: OK
 	if _, err := r.ReadByte(); err != nil { // ClientInit
 		return
 	}
