@@ -3,6 +3,7 @@ package probetest
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -14,9 +15,11 @@ import (
 )
 
 // Programs the VNC helpers run (Debian packages tigervnc-standalone-server,
-// tigervnc-tools, x11vnc, xvfb, x11-xserver-utils).
+// tigervnc-tools, tightvncserver with xfonts-base, x11vnc, xvfb,
+// x11-xserver-utils).
 const (
 	XtigervncPath = "Xtigervnc"
+	XtightvncPath = "Xtightvnc"
 	VncpasswdPath = "vncpasswd"
 	X11VNCPath    = "x11vnc"
 	XvfbPath      = "Xvfb"
@@ -72,6 +75,50 @@ func (h *Harness) StartTigerVNC(o VNCOptions) *VNCServer {
 	s, display := h.startXServer(fmt.Sprintf("tigervnc-%d", o.Port), args, o.Port)
 	h.paintRoot(display, o.Background)
 	return &VNCServer{Server: s, Options: o, Port: o.Port, Addr: h.Addr(o.Port), Display: display}
+}
+
+// StartTightVNC runs TightVNC's X server (Xtightvnc: security types None
+// or VNC authentication, each beside Tight) with the root window painted
+// Background; a Password makes it ask for one. It skips the test when
+// TightVNC or xsetroot is missing.
+func (h *Harness) StartTightVNC(o VNCOptions) *VNCServer {
+	h.t.Helper()
+	Require(h.t, XtightvncPath, XsetrootPath)
+	display, err := freeDisplay()
+	if err != nil {
+		h.t.Fatalf("probetest: %v", err)
+	}
+	args := []string{XtightvncPath, ":" + strconv.Itoa(display), "-rfbport", strconv.Itoa(o.Port),
+		"-geometry", fmt.Sprintf("%dx%d", o.Width, o.Height), "-depth", "24", "-desktop", o.Desktop,
+		"-nolisten", "tcp", "-nolock", "-nocursor"}
+	if o.Password != "" {
+		Require(h.t, VncpasswdPath) // TigerVNC's writes the same obfuscated file
+		pw, err := h.vncPasswordFile(o.Port, o.Password)
+		if err != nil {
+			h.t.Fatalf("probetest: %v", err)
+		}
+		args = append(args, "-rfbauth", pw)
+	}
+	s := h.Start(fmt.Sprintf("tightvnc-%d", o.Port), append(args, o.Args...), h.ListenReady(o.Port))
+	h.t.Cleanup(func() {
+		stopGracefully(s)
+		_ = os.Remove(fmt.Sprintf("/tmp/.X11-unix/X%d", display))
+	})
+	h.paintRoot(display, o.Background)
+	return &VNCServer{Server: s, Options: o, Port: o.Port, Addr: h.Addr(o.Port), Display: display}
+}
+
+// freeDisplay picks an X display number nobody uses, for X servers that
+// cannot pick one themselves (-displayfd).
+func freeDisplay() (int, error) {
+	for d := 64; d < 512; d++ {
+		_, errSock := os.Stat(fmt.Sprintf("/tmp/.X11-unix/X%d", d))
+		_, errLock := os.Stat(fmt.Sprintf("/tmp/.X%d-lock", d))
+		if os.IsNotExist(errSock) && os.IsNotExist(errLock) {
+			return d, nil
+		}
+	}
+	return 0, errors.New("no free X display number in 64..511")
 }
 
 // StartX11VNC runs Xvfb with the root window painted Background and

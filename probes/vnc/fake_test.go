@@ -27,10 +27,14 @@ type fakeVNC struct {
 	Split      bool  // send the frame as two updates, the second after a LastRect
 	Force      int32 // encode in this encoding whatever the client offers (0: none)
 	Subtypes   []uint32
-	Hold       time.Duration // wait before the version (to overlap connections)
+	// TightTunnels and TightAuths are the Tight type's capability lists;
+	// gotTunnel is the tunnel the client chose (-1: none).
+	TightTunnels, TightAuths []tightCap
+	Hold                     time.Duration // wait before the version (to overlap connections)
 	// Truncate closes after this many bytes of the server's output (0: never).
 	Truncate int
 
+	gotTunnel                    atomic.Int64
 	port                         int
 	accepted                     atomic.Int64
 	choseAuth, sentAfterTypes    atomic.Bool
@@ -70,6 +74,21 @@ func (tw *truncWriter) Write(p []byte) (int, error) {
 	}
 	tw.left -= len(p)
 	return tw.c.Write(p)
+}
+
+// tightCap is one Tight capability: code, vendor, signature.
+type tightCap struct {
+	Code      int32
+	Vendor    string // 4 bytes
+	Signature string // 8 bytes
+}
+
+func tightCaps(caps []tightCap) []byte {
+	msg := u32(uint32(len(caps)))
+	for _, c := range caps {
+		msg = append(append(append(msg, u32(uint32(c.Code))...), c.Vendor...), c.Signature...)
+	}
+	return msg
 }
 
 func u32(v uint32) []byte { return binary.BigEndian.AppendUint32(nil, v) }
@@ -140,6 +159,23 @@ func (f *fakeVNC) handle(c net.Conn, w io.Writer) {
 			_, _ = w.Write(msg)
 			if n, _ := c.Read(one[:]); n > 0 {
 				f.sentAfterTypes.Store(true)
+			}
+			return
+		case secTight:
+			f.gotTunnel.Store(-1)
+			if _, err := w.Write(tightCaps(f.TightTunnels)); err != nil {
+				return
+			}
+			if len(f.TightTunnels) > 0 {
+				var tun [4]byte
+				if _, err := io.ReadFull(c, tun[:]); err != nil {
+					return
+				}
+				f.gotTunnel.Store(int64(binary.BigEndian.Uint32(tun[:])))
+			}
+			_, _ = w.Write(tightCaps(f.TightAuths))
+			if n, _ := c.Read(one[:]); n > 0 {
+				f.sentAfterTypes.Store(true) // an authentication choice
 			}
 			return
 		default:

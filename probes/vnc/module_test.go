@@ -215,11 +215,11 @@ func TestSecurity(t *testing.T) {
 			"auth_enabled": true, "security_types": []SecurityType{{ID: 2, Name: "VNC Authentication"}}}, 1},
 		{"3.3 vnc auth, challenge read", &fakeVNC{Version: "RFB 003.003\n", Types: []byte{secVNCAuth}}, probes.StatusSuccess,
 			map[string]any{"auth_enabled": true, "protocol": "3.3", "security_types": []SecurityType{{ID: 2, Name: "VNC Authentication"}}}, 1},
-		{"many types", &fakeVNC{Types: []byte{2, 5, 6, 16, 17, 18, 20, 30, 113, 200, 99}}, probes.StatusSuccess, map[string]any{
-			"auth_enabled": true, "security_types": []SecurityType{{2, "VNC Authentication", "", nil}, {5, "RA2", "", nil},
-				{6, "RA2ne", "", nil}, {16, "Tight", "", nil}, {17, "Ultra", "", nil}, {18, "TLS", "", nil}, {20, "SASL", "", nil},
-				{30, "Apple Remote Desktop", "", nil}, {113, "UltraVNC MS-Logon II", "", nil}, {200, "RealVNC", "", nil},
-				{99, "Unknown", "", nil}}}, 1},
+		{"many types", &fakeVNC{Types: []byte{2, 5, 6, 16, 17, 18, 20, 30, 113, 200, 99}, TightAuths: []tightCap{{2, "STDV", "VNCAUTH_"}}}, probes.StatusSuccess, map[string]any{
+			"auth_enabled": true, "security_types": []SecurityType{{ID: 2, Name: "VNC Authentication"}, {ID: 5, Name: "RA2"},
+				{ID: 6, Name: "RA2ne"}, {ID: 16, Name: "Tight", Subtypes: []SecurityType{tightVNCAuth}}, {ID: 17, Name: "Ultra"},
+				{ID: 18, Name: "TLS"}, {ID: 20, Name: "SASL"}, {ID: 30, Name: "Apple Remote Desktop"},
+				{ID: 113, Name: "UltraVNC MS-Logon II"}, {ID: 200, Name: "RealVNC"}, {ID: 99, Name: "Unknown"}}}, 1},
 		{"3.8 banned", &fakeVNC{Reason: "Too many security failures"}, probes.StatusSuccess,
 			map[string]any{"msg": "Too many security failures", "security_types": []SecurityType(nil)}, 1},
 		{"3.3 banned (TigerVNC)", &fakeVNC{Version: "RFB 003.003\n", Reason: "Too many security failures"}, probes.StatusSuccess,
@@ -234,8 +234,19 @@ func TestSecurity(t *testing.T) {
 		{"None and VeNCrypt: two connections", &fakeVNC{Types: []byte{secVeNCrypt, secNone, secVNCAuth}, Subtypes: []uint32{1, 257, 258, 2},
 			Name: "both", Frame: testFrame(40, 30)}, probes.StatusSuccess, map[string]any{
 			"auth_enabled": false, "title": "both", "security_types": []SecurityType{{ID: 19, Name: "VeNCrypt", Version: "0.2",
-				Subtypes: []SecurityType{{1, "None", "", nil}, {257, "TLSNone", "", nil}, {258, "TLSVnc", "", nil},
-					{2, "VNC Authentication", "", nil}}}, {ID: 1, Name: "None"}, {ID: 2, Name: "VNC Authentication"}}}, 2},
+				Subtypes: []SecurityType{{ID: 1, Name: "None"}, {ID: 257, Name: "TLSNone"}, {ID: 258, Name: "TLSVnc"},
+					{ID: 2, Name: "VNC Authentication"}}}, {ID: 1, Name: "None"}, {ID: 2, Name: "VNC Authentication"}}}, 2},
+		{"Tight behind a tunnel list", &fakeVNC{Types: []byte{secTight}, TightTunnels: []tightCap{{0, "TGHT", "NOTUNNEL"}},
+			TightAuths: []tightCap{{2, "STDV", "VNCAUTH_"}, {129, "TGHT", "ULGNAUTH"}}}, probes.StatusSuccess, map[string]any{
+			"auth_enabled": true, "security_types": []SecurityType{{ID: 16, Name: "Tight",
+				Tunnels:  []SecurityType{{ID: 0, Name: "NOTUNNEL", Vendor: "TGHT", Signature: "NOTUNNEL"}},
+				Subtypes: []SecurityType{tightVNCAuth, {ID: 129, Name: "Unix Login", Vendor: "TGHT", Signature: "ULGNAUTH"}}}}}, 1},
+		{"Tight without authentication", &fakeVNC{Types: []byte{secTight, secVNCAuth}}, probes.StatusSuccess, map[string]any{
+			"auth_enabled": false, "security_types": []SecurityType{{ID: 16, Name: "Tight", NoAuthentication: true},
+				{ID: 2, Name: "VNC Authentication"}}}, 1},
+		{"None and Tight: two connections (TightVNC without a password)", &fakeVNC{Types: []byte{secNone, secTight}, Name: "tight",
+			Frame: testFrame(20, 10)}, probes.StatusSuccess, map[string]any{"auth_enabled": false, "title": "tight",
+			"security_types": []SecurityType{{ID: 1, Name: "None"}, {ID: 16, Name: "Tight", NoAuthentication: true}}}, 2},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -264,6 +275,9 @@ func TestSecurity(t *testing.T) {
 		})
 	}
 }
+
+// tightVNCAuth is TightVNC's VNC authentication capability.
+var tightVNCAuth = SecurityType{ID: 2, Name: "VNC Authentication", Vendor: "STDV", Signature: "VNCAUTH_"}
 
 func TestFailures(t *testing.T) {
 	silent := serve(t, func(c net.Conn) { drain(c) })
@@ -529,4 +543,26 @@ type countedConn struct {
 func (cc *countedConn) Close() error {
 	cc.once.Do(func() { cc.c.open.Add(-1) })
 	return cc.Conn.Close()
+}
+
+// TestTightTunnels: the module asks for no tunnel when Tight lists tunnels,
+// and stops (a step error, nothing answered) when NOTUNNEL is not among them.
+func TestTightTunnels(t *testing.T) {
+	with := startFake(t, &fakeVNC{Types: []byte{secTight}, TightTunnels: []tightCap{{1, "TGHT", "SOMETUNL"}, {0, "TGHT", "NOTUNNEL"}},
+		TightAuths: []tightCap{{2, "STDV", "VNCAUTH_"}}})
+	res := probe(t, New(Config{}, nil), with.port, 5*time.Second)
+	if res.Status != probes.StatusSuccess || res.Data["errors"] != nil || with.gotTunnel.Load() != 0 {
+		t.Fatalf("status %q errors %v, tunnel chosen %d", res.Status, res.Data["errors"], with.gotTunnel.Load())
+	}
+	without := startFake(t, &fakeVNC{Types: []byte{secTight}, TightTunnels: []tightCap{{1, "TGHT", "SOMETUNL"}}})
+	res = probe(t, New(Config{}, nil), without.port, 5*time.Second)
+	errs, _ := res.Data["errors"].(map[string]string)
+	if res.Status != probes.StatusSuccess || !strings.Contains(errs["tight"], "NOTUNNEL") || without.gotTunnel.Load() != -1 ||
+		without.sentAfterTypes.Load() {
+		t.Fatalf("status %q errors %v, tunnel chosen %d", res.Status, res.Data["errors"], without.gotTunnel.Load())
+	}
+	types, _ := res.Data["security_types"].([]SecurityType)
+	if len(types) != 1 || len(types[0].Tunnels) != 1 || types[0].Tunnels[0].Signature != "SOMETUNL" || types[0].Subtypes != nil {
+		t.Fatalf("security types %+v", types)
+	}
 }

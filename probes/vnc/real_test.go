@@ -2,8 +2,11 @@ package vnc
 
 import (
 	"context"
+	"fmt"
 	"image"
 	"image/color"
+	"os"
+	"os/user"
 	"reflect"
 	"strconv"
 	"testing"
@@ -52,7 +55,8 @@ var tigerFormat = PixelFormat{BitsPerPixel: 32, Depth: 24, TrueColour: true, Red
 	RedShift: 16, GreenShift: 8}
 
 // TestRealServers probes TigerVNC (no auth, password, None+VeNCrypt, and
-// one that bans) and x11vnc on Xvfb in a namespace, checking every field
+// one that bans), TightVNC (no auth, password) and x11vnc on Xvfb in a
+// namespace, checking every field
 // against how the harness configured them and every screenshot pixel
 // against the root window colour it painted.
 func TestRealServers(t *testing.T) {
@@ -67,6 +71,38 @@ func TestRealServers(t *testing.T) {
 		SecurityTypes: "VncAuth", Password: "s3cret-pw", Args: []string{"-BlacklistThreshold", "1", "-BlacklistTimeout", "60"}})
 	x11 := h.StartX11VNC(probetest.VNCOptions{Port: 5910, Desktop: "trawl x11vnc", Width: 301, Height: 199, Background: "#00ff7f",
 		Args: []string{"-nocursor"}}) // x11vnc would draw the pointer into the framebuffer
+	tightNone := h.StartTightVNC(probetest.VNCOptions{Port: 5920, Desktop: "trawl tight none", Width: 240, Height: 150,
+		Background: "#ffa500"})
+	tightAuth := h.StartTightVNC(probetest.VNCOptions{Port: 5921, Desktop: "trawl tight auth", Width: 320, Height: 200,
+		Password: "s3cret-pw"})
+
+	// TightVNC without a password: None for the screenshot, then Tight's
+	// capabilities on a second connection (it lists no authentication).
+	// It announces "<user>'s <desktop> desktop (<host>:<display>)".
+	host, _ := os.Hostname()
+	me, err := user.Current()
+	if err != nil {
+		t.Fatal(err)
+	}
+	tightTitle := fmt.Sprintf("%s's %s desktop (%s:%d)", me.Username, tightNone.Options.Desktop, host, tightNone.Display)
+	for _, enc := range []string{"raw", "hextile", "rre", "copyrect"} {
+		t.Run("tightvnc none/"+enc, func(t *testing.T) {
+			store := &memStore{}
+			res, conns := probeReal(t, h, tightNone, Config{Screenshot: true, Encodings: []string{enc}}, store)
+			want := map[string]any{"version": "RFB 003.008", "protocol": "3.8", "title": tightTitle, "width": 240,
+				"height": 150, "auth_enabled": false, "pixel_format": tigerFormat,
+				"security_types": []SecurityType{{ID: 1, Name: "None"}, {ID: 16, Name: "Tight", NoAuthentication: true}}}
+			checkReal(t, res, want, conns, 2, "msg")
+			samePixels(t, screenshotImage(t, res, store), solid(t, 240, 150, "#ffa500"))
+		})
+	}
+	t.Run("tightvnc password", func(t *testing.T) {
+		res, conns := probeReal(t, h, tightAuth, Config{Screenshot: true}, &memStore{})
+		want := map[string]any{"version": "RFB 003.008", "protocol": "3.8", "auth_enabled": true,
+			"security_types": []SecurityType{{ID: 2, Name: "VNC Authentication"}, {ID: 16, Name: "Tight",
+				Subtypes: []SecurityType{{ID: 2, Name: "VNC Authentication", Vendor: "STDV", Signature: "VNCAUTH_"}}}}}
+		checkReal(t, res, want, conns, 1, "title", "width", "screenshot", "msg")
+	})
 
 	noAuth := []SecurityType{{ID: 1, Name: "None"}}
 	for _, srv := range []*probetest.VNCServer{tigerNone, x11} {

@@ -104,14 +104,45 @@ func vencryptSubtypeName(id int) string {
 	return "Unknown"
 }
 
+// Tight's authentication capabilities that reach the desktop without a
+// password (TightVNC's "NOAUTH__").
+const tightNoAuth = 1
+
+// tightAuthName names a Tight authentication capability by its code.
+func tightAuthName(code int) string {
+	switch code {
+	case 1:
+		return "None"
+	case 2:
+		return "VNC Authentication"
+	case 19:
+		return "VeNCrypt"
+	case 20:
+		return "SASL"
+	case 129:
+		return "Unix Login"
+	case 130:
+		return "External"
+	}
+	return "Unknown"
+}
+
 // SecurityType is one security type a server offers.
 type SecurityType struct {
 	ID   int    `json:"id"`
 	Name string `json:"name"`
 	// Version and Subtypes are VeNCrypt's (the version the server agreed
-	// to, its subtypes in its order).
+	// to, its subtypes in its order); for Tight, Subtypes are its
+	// authentication capabilities and Tunnels its tunnels.
 	Version  string         `json:"version,omitempty"`
 	Subtypes []SecurityType `json:"subtypes,omitempty"`
+	Tunnels  []SecurityType `json:"tunnels,omitempty"`
+	// Vendor and Signature are a Tight capability's ("STDV", "VNCAUTH_").
+	Vendor    string `json:"vendor,omitempty"`
+	Signature string `json:"signature,omitempty"`
+	// NoAuthentication: Tight listed no authentication capability, its way
+	// of saying none is needed.
+	NoAuthentication bool `json:"no_authentication,omitempty"`
 }
 
 // PixelFormat is the server's native pixel format from ServerInit.

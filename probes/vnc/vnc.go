@@ -1,13 +1,14 @@
 // Package vnc is the "vnc" probe module: the server's RFB version, the
-// security types it offers (VeNCrypt with its subtypes), the failure reason
+// security types it offers (VeNCrypt with its subtypes, Tight with its
+// tunnel and authentication capabilities), the failure reason
 // it gives instead, and for servers without authentication the desktop
 // name, geometry, pixel format and a screenshot. It never authenticates:
 // password-protected servers are read up to their security types and left.
 //
 // TigerVNC blacklists a client after five connections that end before
 // authentication, so the module opens one connection per target, two when
-// a server offers both None and VeNCrypt, and at most PerHost at once to
-// one IP across all its probes.
+// a server offers None (or VeNCrypt) beside VeNCrypt or Tight, and at most
+// PerHost at once to one IP across all its probes.
 package vnc
 
 import (
@@ -139,7 +140,8 @@ type Screenshot struct {
 // Probe examines one VNC server. The status is success once the version
 // and the server's security answer (types or a failure reason) are read;
 // for a server without auth ServerInit must parse too. The screenshot and
-// the VeNCrypt subtypes are extra steps whose failures land under "errors".
+// the VeNCrypt and Tight subtypes are extra steps whose failures land
+// under "errors".
 func (m *Module) Probe(ctx context.Context, t probes.Target) (probes.Result, error) {
 	res := probes.Result{Started: time.Now()}
 	addr := net.JoinHostPort(t.IP, strconv.Itoa(t.Port))
@@ -166,11 +168,12 @@ func (m *Module) Probe(ctx context.Context, t probes.Target) (probes.Result, err
 	if err != nil {
 		return finish(err)
 	}
-	if first.vencryptLater {
-		// None went on the first connection; VeNCrypt's subtypes need a
-		// connection of their own: the second and last.
-		if err := m.vencryptConnection(ctx, t.IP, addr, first.types); err != nil {
-			stepErrs["vencrypt"] = err.Error()
+	if first.later != 0 {
+		// The first connection went to None or to another type; the
+		// subtypes of VeNCrypt or Tight need a connection of their own:
+		// the second and last.
+		if err := m.detailsConnection(ctx, t.IP, addr, first.later, first.types); err != nil {
+			stepErrs[detailStep(first.later)] = err.Error()
 		}
 	}
 	data["security_types"] = first.types
@@ -182,9 +185,17 @@ func (m *Module) Probe(ctx context.Context, t probes.Target) (probes.Result, err
 
 // firstResult is what the first connection found.
 type firstResult struct {
-	types         []SecurityType
-	vencryptLater bool
-	raw           []byte
+	types []SecurityType
+	later int // a type (VeNCrypt, Tight) whose subtypes the second connection reads; 0: none
+	raw   []byte
+}
+
+// detailStep names the step that reads a type's subtypes in "errors".
+func detailStep(id int) string {
+	if id == secTight {
+		return "tight"
+	}
+	return "vencrypt"
 }
 
 func (m *Module) firstConnection(ctx context.Context, t probes.Target, addr string, data map[string]any, stepErrs map[string]string) (out firstResult, err error) {
@@ -217,6 +228,8 @@ func (m *Module) firstConnection(ctx context.Context, t probes.Target, addr stri
 	serverPicks := v.negotiated.minor < 7
 	hasNone := slices.Contains(ids, secNone)
 	vencrypt := slices.IndexFunc(out.types, func(st SecurityType) bool { return st.ID == secVeNCrypt })
+	tight := slices.IndexFunc(out.types, func(st SecurityType) bool { return st.ID == secTight })
+	attempted := 0 // the detailed type this connection read
 	switch {
 	case hasNone:
 		if err := s.chooseNone(v.negotiated, serverPicks); err != nil {
@@ -240,20 +253,36 @@ func (m *Module) firstConnection(ctx context.Context, t probes.Target, addr stri
 				data["screenshot"] = shot
 			}
 		}
-		out.vencryptLater = vencrypt >= 0
 	case vencrypt >= 0 && !serverPicks:
+		attempted = secVeNCrypt
 		st, err := s.vencrypt()
 		if err != nil {
 			stepErrs["vencrypt"] = err.Error()
 		}
 		out.types[vencrypt].Version, out.types[vencrypt].Subtypes = st.Version, st.Subtypes
+	case tight >= 0 && !serverPicks:
+		attempted = secTight
+		st, err := s.tight()
+		if err != nil {
+			stepErrs["tight"] = err.Error()
+		}
+		out.types[tight] = st
+	}
+	// the second and last connection reads a detailed type this one did not
+	switch {
+	case serverPicks:
+	case vencrypt >= 0 && attempted != secVeNCrypt:
+		out.later = secVeNCrypt
+	case tight >= 0 && attempted != secTight:
+		out.later = secTight
 	}
 	// Password-protected or unknown types: leave without answering.
 	return out, nil
 }
 
-// vencryptConnection reads VeNCrypt's version and subtypes into types.
-func (m *Module) vencryptConnection(ctx context.Context, ip, addr string, types []SecurityType) error {
+// detailsConnection reads the subtypes of type id (VeNCrypt or Tight) into
+// types on a connection of its own.
+func (m *Module) detailsConnection(ctx context.Context, ip, addr string, id int, types []SecurityType) error {
 	s, err := m.dial(ctx, ip, addr)
 	if err != nil {
 		return err
@@ -270,13 +299,18 @@ func (m *Module) vencryptConnection(ctx context.Context, ip, addr string, types 
 	if reason != "" {
 		return &ServerRefusedError{Reason: reason}
 	}
-	if !slices.Contains(ids, secVeNCrypt) || v.negotiated.minor < 7 {
-		return fmt.Errorf("VeNCrypt no longer offered: %w", probes.ErrProtocol)
+	if !slices.Contains(ids, id) || v.negotiated.minor < 7 {
+		return fmt.Errorf("%s no longer offered: %w", securityTypeName(id), probes.ErrProtocol)
 	}
-	st, err := s.vencrypt()
+	var st SecurityType
+	if id == secTight {
+		st, err = s.tight()
+	} else {
+		st, err = s.vencrypt()
+	}
 	for i := range types {
-		if types[i].ID == secVeNCrypt {
-			types[i].Version, types[i].Subtypes = st.Version, st.Subtypes
+		if types[i].ID == id {
+			types[i] = st
 		}
 	}
 	return err
@@ -287,6 +321,12 @@ func authEnabled(types []SecurityType) bool {
 	for _, t := range types {
 		if t.ID == secNone {
 			return false
+		}
+		if t.ID == secTight {
+			if t.NoAuthentication || slices.ContainsFunc(t.Subtypes, func(c SecurityType) bool { return c.ID == tightNoAuth }) {
+				return false
+			}
+			continue
 		}
 		for _, sub := range t.Subtypes {
 			if sub.ID == vencryptPlainNone || sub.ID == vencryptTLSNone || sub.ID == vencryptX509None {
@@ -503,6 +543,77 @@ func (s *session) vencrypt() (SecurityType, error) {
 		return st, fmt.Errorf("cannot read the VeNCrypt subtypes: %w", s.w.err)
 	}
 	return st, nil
+}
+
+// maxTightCaps bounds a Tight capability list (TightVNC sends a handful).
+const maxTightCaps = 64
+
+// tight chooses the Tight security type and reads its tunnel and
+// authentication capabilities (choosing no tunnel, when offered, to get to
+// the latter); it answers nothing further, so the connection ends before
+// any authentication is attempted.
+func (s *session) tight() (SecurityType, error) {
+	st := SecurityType{ID: secTight, Name: securityTypeName(secTight)}
+	if _, err := s.conn.Write([]byte{secTight}); err != nil {
+		return st, err
+	}
+	tunnels, err := s.tightCaps("tunnel", func(int) string { return "" })
+	st.Tunnels = tunnels
+	if err != nil {
+		return st, err
+	}
+	if len(tunnels) > 0 {
+		if !slices.ContainsFunc(tunnels, func(c SecurityType) bool { return c.ID == 0 }) {
+			return st, fmt.Errorf("Tight offers only tunnels, no NOTUNNEL: %w", probes.ErrProtocol)
+		}
+		if _, err := s.conn.Write([]byte{0, 0, 0, 0}); err != nil { // NOTUNNEL
+			return st, err
+		}
+	}
+	auths, err := s.tightCaps("authentication", tightAuthName)
+	st.Subtypes, st.NoAuthentication = auths, err == nil && len(auths) == 0
+	return st, err
+}
+
+// tightCaps reads a Tight capability list: a count, then code, vendor and
+// signature of each.
+func (s *session) tightCaps(what string, name func(int) string) ([]SecurityType, error) {
+	n := s.w.u32()
+	if s.w.err != nil {
+		return nil, fmt.Errorf("cannot read the Tight %s capabilities: %w", what, s.w.err)
+	}
+	if n > maxTightCaps {
+		return nil, fmt.Errorf("Tight lists %d %s capabilities: %w", n, what, probes.ErrProtocol)
+	}
+	var caps []SecurityType
+	for range n {
+		code := int(int32(s.w.u32()))
+		var vendor [4]byte
+		var sig [8]byte
+		s.w.full(vendor[:])
+		s.w.full(sig[:])
+		if s.w.err != nil {
+			return caps, fmt.Errorf("cannot read the Tight %s capabilities: %w", what, s.w.err)
+		}
+		c := SecurityType{ID: code, Name: name(code), Vendor: printable(vendor[:]), Signature: printable(sig[:])}
+		if c.Name == "" {
+			c.Name = c.Signature
+		}
+		caps = append(caps, c)
+	}
+	return caps, nil
+}
+
+// printable is b as text with anything but printable ASCII as '?'.
+func printable(b []byte) string {
+	out := make([]byte, len(b))
+	for i, c := range b {
+		if c < 0x20 || c > 0x7e {
+			c = '?'
+		}
+		out[i] = c
+	}
+	return string(out)
 }
 
 // recorder keeps the first limit bytes that pass through it until stopped:
