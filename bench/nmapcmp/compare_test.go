@@ -56,6 +56,7 @@ func TestCompare(t *testing.T) {
 	add(h.StartPostgres(5432), "postgresql", "postgresql")
 	add(h.StartDovecot(143, 993, 110, 995), "dovecot", "imap", "imaps", "pop3", "pop3s")
 	add(h.StartExim(25), "exim4", "smtp")
+	add(h.StartPostfix(587).Daemon, "postfix", "smtp")
 	sshd := h.StartSSHD(22, probetest.SSHDDebianDefaults)
 	up, _ := probetest.UpstreamVersion(probetest.PackageVersion(t, "openssh-server"))
 	rows = append(rows, row{"openssh", up, sshd.Port})

@@ -105,3 +105,27 @@ func TestRealServers(t *testing.T) {
 		}
 	})
 }
+
+// TestRealPostfix identifies Postfix (run from Debian's unpacked package:
+// it conflicts with exim4) by its banner: product and hostname, and no
+// version, which Postfix does not tell.
+func TestRealPostfix(t *testing.T) {
+	h := probetest.New(t)
+	p := h.StartPostfix(587)
+	m := New(Config{GreetingWait: time.Second, ReplyWait: 2 * time.Second, PortBudget: 20 * time.Second})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	res, err := m.Probe(ctx, probes.Target{IP: h.IP().String(), Port: 587})
+	if err != nil || res.Status != probes.StatusSuccess {
+		t.Fatalf("%v %q %s", err, res.Status, res.Error)
+	}
+	d := res.Data
+	cpe, _ := d["cpe"].([]string)
+	if d["name"] != "smtp" || d["product"] != "Postfix smtpd" || d["version"] != "" || d["hostname"] != p.Hostname ||
+		d["method"] != MethodExtraction || len(cpe) != 1 || cpe[0] != "cpe:/a:postfix:postfix" {
+		t.Errorf("postfix %s: %v", p.Debian, d)
+	}
+	if banner, _ := d["banner"].(string); banner != "220 "+p.Hostname+" ESMTP Postfix (Debian/GNU)" {
+		t.Errorf("banner %q", banner)
+	}
+}

@@ -319,3 +319,24 @@ func TestRealEximSTARTTLS(t *testing.T) {
 		t.Errorf("leaf %s trust %+v", mustJSON(t, leaf), ci.Trust)
 	}
 }
+
+// TestRealPostfixSTARTTLS: Postfix's smtpd (Debian's package, unpacked)
+// upgraded with STARTTLS on the submission port.
+func TestRealPostfixSTARTTLS(t *testing.T) {
+	h := probetest.New(t)
+	p := h.StartPostfix(587)
+	cert := readPEMCert(t, p.CertPath)
+	res := probeReal(t, testModule(Config{Timeout: 3 * time.Second, StartTLS: StartTLSAuto}, nil), h, 587)
+	info := res.Data["server_info"].(ServerInfo)
+	if info.TLSWrappedProtocol != "starttls_smtp" || info.StartTLSGreeting != "220 "+p.Hostname+" ESMTP Postfix (Debian/GNU)" {
+		t.Errorf("wrapped %q greeting %q, want starttls_smtp and Postfix's banner", info.TLSWrappedProtocol, info.StartTLSGreeting)
+	}
+	if info.HighestVersion != "TLSv1.3" || info.Default.Version != "TLSv1.3" {
+		t.Errorf("server_info %s", mustJSON(t, info))
+	}
+	ci := res.Data["cert_info"].(*CertInfo)
+	leaf := ci.CertificateChain[0]
+	if leaf.SHA256Fingerprint != sha256Hex(cert.Raw) || leaf.PublicKey.Curve != "P-256" || !leaf.SelfSigned || ci.Trust.Trusted {
+		t.Errorf("leaf %s trust %+v", mustJSON(t, leaf), ci.Trust)
+	}
+}
