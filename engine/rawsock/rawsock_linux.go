@@ -171,7 +171,7 @@ func (t *Transport) Send(ctx context.Context, batch []engine.Probe) error {
 	if t.lanes != nil {
 		return t.lanes.queue(ctx, batch)
 	}
-	return t.senders[0].send(ctx, t, batch, true)
+	return t.senders[0].send(ctx, t, batch)
 }
 
 func (t *Transport) isClosed() bool {

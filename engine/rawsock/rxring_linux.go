@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"os"
 	"sync/atomic"
+	"syscall"
+	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -42,12 +44,19 @@ const (
 )
 
 // rxRing is a mapped receive ring; only the receive goroutine walks it.
+//
+// It waits for blocks through Go's network poller (a non-blocking
+// duplicate of the socket, whose readiness the kernel signals as it
+// releases each block) rather than in poll(2): a goroutine blocked in a
+// system call keeps Go's sysmon thread waking every 20 µs to take its P
+// back, which was most of a slow scan's CPU.
 type rxRing struct {
 	fd      int
 	mem     []byte
 	blocks  int
 	current int
-	pfd     []unix.PollFd // reused: poll would otherwise allocate per wait
+	waiter  *os.File        // the non-blocking duplicate of fd
+	conn    syscall.RawConn // waiter's, for readiness waits
 }
 
 // ringSize turns the configured receive buffer into a block count: the
@@ -84,7 +93,34 @@ func newRxRing(fd, recvBuffer int) (*rxRing, error) {
 		_ = unix.SetsockoptTpacketReq3(fd, unix.SOL_PACKET, unix.PACKET_RX_RING, &off)
 		return nil, fmt.Errorf("cannot map the receive ring: %w", err)
 	}
-	return &rxRing{fd: fd, mem: mem, blocks: blocks, pfd: []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN | unix.POLLERR}}}, nil
+	r := &rxRing{fd: fd, mem: mem, blocks: blocks}
+	if err := r.openWaiter(); err != nil {
+		_ = unix.Munmap(mem)
+		off := unix.TpacketReq3{}
+		_ = unix.SetsockoptTpacketReq3(fd, unix.SOL_PACKET, unix.PACKET_RX_RING, &off)
+		return nil, err
+	}
+	return r, nil
+}
+
+// openWaiter registers a non-blocking duplicate of the socket with the
+// network poller. The receive path never reads the socket itself, so the
+// shared non-blocking flag changes nothing for it.
+func (r *rxRing) openWaiter() error {
+	dup, err := unix.FcntlInt(uintptr(r.fd), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("cannot duplicate the receive socket: %w", err)
+	}
+	if err := unix.SetNonblock(dup, true); err != nil {
+		unix.Close(dup)
+		return fmt.Errorf("cannot make the receive socket non-blocking: %w", err)
+	}
+	r.waiter = os.NewFile(uintptr(dup), "raw-receive-ring")
+	if r.conn, err = r.waiter.SyscallConn(); err != nil {
+		r.waiter.Close()
+		return fmt.Errorf("cannot wait on the receive socket: %w", err)
+	}
+	return nil
 }
 
 // blockStatus is the current block's status word, shared with the kernel.
@@ -96,16 +132,26 @@ func (r *rxRing) blockStatus() *uint32 {
 // the kernel has released it to user space, else nil after waiting up to
 // ringPollMs. done must be called before the next call.
 func (r *rxRing) next() ([]byte, error) {
-	if atomic.LoadUint32(r.blockStatus())&unix.TP_STATUS_USER == 0 {
-		r.pfd[0].Revents = 0
-		if _, err := unix.Poll(r.pfd, ringPollMs); err != nil && !errors.Is(err, unix.EINTR) {
-			return nil, fmt.Errorf("cannot poll the receive ring: %w", err)
+	if !r.ready() {
+		if err := r.waiter.SetReadDeadline(time.Now().Add(time.Duration(ringPollMs) * time.Millisecond)); err != nil {
+			return nil, fmt.Errorf("cannot wait on the receive ring: %w", err)
 		}
-		if atomic.LoadUint32(r.blockStatus())&unix.TP_STATUS_USER == 0 {
+		// Read calls the function, and waits for the socket to become
+		// readable each time it says the block is not ready yet
+		err := r.conn.Read(func(uintptr) bool { return r.ready() })
+		if err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
+			return nil, fmt.Errorf("cannot wait on the receive ring: %w", err)
+		}
+		if !r.ready() {
 			return nil, nil
 		}
 	}
 	return r.mem[r.current*ringBlockSize : (r.current+1)*ringBlockSize], nil
+}
+
+// ready reports whether the kernel has released the current block.
+func (r *rxRing) ready() bool {
+	return atomic.LoadUint32(r.blockStatus())&unix.TP_STATUS_USER != 0
 }
 
 // done returns the current block to the kernel and moves to the next.
@@ -157,12 +203,15 @@ func (r *rxRing) unmap() error {
 	if r.mem == nil {
 		return nil
 	}
-	err := unix.Munmap(r.mem)
-	r.mem = nil
-	if err != nil {
-		return fmt.Errorf("cannot unmap the receive ring: %w", err)
+	var errs []error
+	if err := r.waiter.Close(); err != nil {
+		errs = append(errs, fmt.Errorf("cannot close the receive ring's waiter: %w", err))
 	}
-	return nil
+	if err := unix.Munmap(r.mem); err != nil {
+		errs = append(errs, fmt.Errorf("cannot unmap the receive ring: %w", err))
+	}
+	r.mem = nil
+	return errors.Join(errs...)
 }
 
 // setupRing gives the receive socket a ring, or logs why it reads with

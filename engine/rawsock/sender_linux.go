@@ -3,6 +3,7 @@ package rawsock
 import (
 	"context"
 	"fmt"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -60,16 +61,15 @@ func (t *Transport) newSender(qdiscBypass bool) (*sender, error) {
 }
 
 // send patches the probes into frames and sends them, maxBatch per
-// sendmmsg. keepP: the calling goroutine keeps its scheduler slot during
-// the syscall (see sendFrames).
-func (s *sender) send(ctx context.Context, t *Transport, batch []engine.Probe, keepP bool) error {
+// sendmmsg.
+func (s *sender) send(ctx context.Context, t *Transport, batch []engine.Probe) error {
 	for len(batch) > 0 {
 		n := min(len(batch), maxBatch)
 		for i, p := range batch[:n] {
 			seq, sport, id := t.cookie.probe(t.src, p.IP, p.Port)
 			t.tmpl.patch(s.frames[i*frameLen:(i+1)*frameLen], p.IP, p.Port, sport, seq, id)
 		}
-		if err := s.sendFrames(ctx, t, n, keepP); err != nil {
+		if err := s.sendFrames(ctx, t, n); err != nil {
 			return err
 		}
 		batch = batch[n:]
@@ -82,23 +82,17 @@ func (s *sender) send(ctx context.Context, t *Transport, batch []engine.Probe, k
 //
 // On a veth or a fast NIC, sendmmsg is CPU work, not waiting: the kernel
 // hands every frame on at once, and on a veth it also runs the receiving
-// side's stack on this core. A plain Syscall lets Go give this goroutine's
-// P to another goroutine meanwhile, and on return the sender queues for a
-// P behind the receive path — the send thread then sits idle while the
-// machine has work for it. keepP uses RawSyscall, which holds the P as a
-// busy thread would; MSG_DONTWAIT keeps it from ever holding it while
-// blocked (EAGAIN is retried after a pause, outside the syscall).
-func (s *sender) sendFrames(ctx context.Context, t *Transport, n int, keepP bool) error {
+// side's stack on this core. A plain Syscall lets Go's sysmon take this
+// goroutine's P during it — waking every 20 µs to do so — and on return
+// the sender queues for a P behind the receive path while the machine has
+// work for it. RawSyscall holds the P as a busy thread would; MSG_DONTWAIT
+// keeps it from ever holding it while blocked (EAGAIN is retried after a
+// pause, outside the syscall).
+func (s *sender) sendFrames(ctx context.Context, t *Transport, n int) error {
 	busy := 0
 	for off := 0; off < n; {
-		var r uintptr
-		var e unix.Errno
-		msgs, count := uintptr(unsafe.Pointer(&s.msgs[off])), uintptr(n-off)
-		if keepP {
-			r, _, e = unix.RawSyscall6(unix.SYS_SENDMMSG, uintptr(s.fd), msgs, count, unix.MSG_DONTWAIT, 0, 0)
-		} else {
-			r, _, e = unix.Syscall6(unix.SYS_SENDMMSG, uintptr(s.fd), msgs, count, 0, 0, 0)
-		}
+		r, _, e := unix.RawSyscall6(unix.SYS_SENDMMSG, uintptr(s.fd), uintptr(unsafe.Pointer(&s.msgs[off])), uintptr(n-off),
+			unix.MSG_DONTWAIT, 0, 0)
 		switch {
 		case e == 0:
 			off += int(r)
@@ -123,6 +117,11 @@ func (s *sender) sendFrames(ctx context.Context, t *Transport, n int, keepP bool
 // on a dense scan each probe's reply is processed by the kernel on the core
 // that sent the probe, which caps one send thread well below the link.
 // Send copies a batch into a free buffer and queues it to the next lane.
+//
+// A lane sends with RawSyscall, holding its P through each sendmmsg (see
+// sendFrames), and GOMAXPROCS grows by one per lane while lanes run: a lane
+// is a thread busy in the kernel, and the receive path must not wait for
+// it to give a P back.
 type lanes struct {
 	t      *Transport
 	ctx    context.Context // ends with Start's context or drain: a lane's busy retries stop
@@ -144,6 +143,7 @@ func startLanes(t *Transport, senders []*sender) *lanes {
 	for range cap(l.free) {
 		l.free <- make([]engine.Probe, 0, maxBatch)
 	}
+	addProcs(len(senders))
 	for _, sd := range senders {
 		in := make(chan []engine.Probe, buffersPerLane)
 		l.in = append(l.in, in)
@@ -157,7 +157,7 @@ func (l *lanes) run(sd *sender, in <-chan []engine.Probe) {
 	defer l.wg.Done()
 	for batch := range in {
 		if l.ctx.Err() == nil { // after a stop, what is queued is dropped
-			if err := sd.send(l.ctx, l.t, batch, false); err != nil {
+			if err := sd.send(l.ctx, l.t, batch); err != nil {
 				l.err.Store(&err)
 			}
 		}
@@ -203,4 +203,15 @@ func (l *lanes) drain() {
 	}
 	l.wg.Wait()
 	l.cancel()
+	addProcs(-len(l.in))
+}
+
+// procsMu serialises GOMAXPROCS changes of transports starting and
+// stopping lanes at once.
+var procsMu sync.Mutex
+
+func addProcs(n int) {
+	procsMu.Lock()
+	defer procsMu.Unlock()
+	runtime.GOMAXPROCS(max(1, runtime.GOMAXPROCS(0)+n))
 }
