@@ -3,7 +3,6 @@ package rawsock
 import (
 	"context"
 	"fmt"
-	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -117,11 +116,9 @@ func (s *sender) sendFrames(ctx context.Context, t *Transport, n int) error {
 // on a dense scan each probe's reply is processed by the kernel on the core
 // that sent the probe, which caps one send thread well below the link.
 // Send copies a batch into a free buffer and queues it to the next lane.
-//
 // A lane sends with RawSyscall, holding its P through each sendmmsg (see
-// sendFrames), and GOMAXPROCS grows by one per lane while lanes run: a lane
-// is a thread busy in the kernel, and the receive path must not wait for
-// it to give a P back.
+// sendFrames). (Raising GOMAXPROCS by one per lane, so that the receive path
+// never waits for a lane's P, measured no better on two cores.)
 type lanes struct {
 	t      *Transport
 	ctx    context.Context // ends with Start's context or drain: a lane's busy retries stop
@@ -143,7 +140,6 @@ func startLanes(t *Transport, senders []*sender) *lanes {
 	for range cap(l.free) {
 		l.free <- make([]engine.Probe, 0, maxBatch)
 	}
-	addProcs(len(senders))
 	for _, sd := range senders {
 		in := make(chan []engine.Probe, buffersPerLane)
 		l.in = append(l.in, in)
@@ -203,15 +199,4 @@ func (l *lanes) drain() {
 	}
 	l.wg.Wait()
 	l.cancel()
-	addProcs(-len(l.in))
-}
-
-// procsMu serialises GOMAXPROCS changes of transports starting and
-// stopping lanes at once.
-var procsMu sync.Mutex
-
-func addProcs(n int) {
-	procsMu.Lock()
-	defer procsMu.Unlock()
-	runtime.GOMAXPROCS(max(1, runtime.GOMAXPROCS(0)+n))
 }
