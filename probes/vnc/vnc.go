@@ -564,7 +564,7 @@ func (s *session) tight() (SecurityType, error) {
 	}
 	if len(tunnels) > 0 {
 		if !slices.ContainsFunc(tunnels, func(c SecurityType) bool { return c.ID == 0 }) {
-			return st, fmt.Errorf("Tight offers only tunnels, no NOTUNNEL: %w", probes.ErrProtocol)
+			return st, fmt.Errorf("the Tight type offers only tunnels, no NOTUNNEL: %w", probes.ErrProtocol)
 		}
 		if _, err := s.conn.Write([]byte{0, 0, 0, 0}); err != nil { // NOTUNNEL
 			return st, err
@@ -583,7 +583,7 @@ func (s *session) tightCaps(what string, name func(int) string) ([]SecurityType,
 		return nil, fmt.Errorf("cannot read the Tight %s capabilities: %w", what, s.w.err)
 	}
 	if n > maxTightCaps {
-		return nil, fmt.Errorf("Tight lists %d %s capabilities: %w", n, what, probes.ErrProtocol)
+		return nil, fmt.Errorf("the Tight type lists %d %s capabilities: %w", n, what, probes.ErrProtocol)
 	}
 	var caps []SecurityType
 	for range n {
