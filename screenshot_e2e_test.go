@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"trawl/ingest"
+	"trawl/probes/probetest"
 )
 
 // rfbOn serves a minimal RFB 3.8 desktop without authentication on a free
@@ -23,25 +24,10 @@ import (
 // as one Raw rectangle in the client's 32-bit little-endian format.
 func rfbOn(t *testing.T, w, h int) int {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go serveRFB(c, w, h)
-		}
-	}()
-	return ln.Addr().(*net.TCPAddr).Port
+	return probetest.Serve(t, func(c net.Conn) { serveRFB(c, w, h) })
 }
 
 func serveRFB(c net.Conn, w, h int) {
-	defer c.Close()
 	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
 	r := bufio.NewReader(c)
 	var version [12]byte

@@ -438,7 +438,7 @@ type jobPublisher struct {
 	jobID, client string
 	shard, shards int
 	log           zerolog.Logger
-	ports         *ingest.PortEvents // open() runs under the scan's lock: one user at a time
+	ports         *ingest.PortEvents // its scratch buffer is used under mu
 
 	// mu guards pending and arena and is held while a full batch is handed
 	// over, so batches reach the bus in the order they were filled.

@@ -24,9 +24,6 @@ const (
 	// ringRetireMs is how long the kernel keeps a partly filled block before
 	// handing it over, the ring's added latency at a low reply rate.
 	ringRetireMs = 8
-	// ringPollMs bounds how long a stop goes unnoticed, as recvTimeout does
-	// for the recvfrom loop.
-	ringPollMs = int(recvTimeout / 1e6)
 )
 
 // ringVersion is the TPACKET version asked for; a test sets an invalid one
@@ -130,10 +127,11 @@ func (r *rxRing) blockStatus() *uint32 {
 
 // next hands back the current block's frames: it returns the block once
 // the kernel has released it to user space, else nil after waiting up to
-// ringPollMs. done must be called before the next call.
+// recvTimeout (how long a stop may go unnoticed, as for recvfrom). done
+// must be called before the next call.
 func (r *rxRing) next() ([]byte, error) {
 	if !r.ready() {
-		if err := r.waiter.SetReadDeadline(time.Now().Add(time.Duration(ringPollMs) * time.Millisecond)); err != nil {
+		if err := r.waiter.SetReadDeadline(time.Now().Add(recvTimeout)); err != nil {
 			return nil, fmt.Errorf("cannot wait on the receive ring: %w", err)
 		}
 		// Read calls the function, and waits for the socket to become

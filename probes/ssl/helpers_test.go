@@ -181,9 +181,15 @@ func serveTLS(c net.Conn, cfg *tls.Config) {
 
 func probeOK(t *testing.T, m *Module, port int) probes.Result {
 	t.Helper()
+	return probeTargetOK(t, m, probes.Target{IP: "127.0.0.1", Port: port, Protocol: "tcp"})
+}
+
+// probeTargetOK probes target and fails the test if Probe errs.
+func probeTargetOK(t *testing.T, m *Module, target probes.Target) probes.Result {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	res, err := m.Probe(ctx, probes.Target{IP: "127.0.0.1", Port: port, Protocol: "tcp"})
+	res, err := m.Probe(ctx, target)
 	if err != nil {
 		t.Fatalf("Probe returned an error: %v", err)
 	}

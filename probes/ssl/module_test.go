@@ -194,9 +194,11 @@ func TestProbeLegacyGoServer(t *testing.T) {
 	}
 }
 
-func TestProbeSNI(t *testing.T) {
-	p := newTestPKI(t)
-	srv := startTLSServer(t, &tls.Config{
+// startSNIServer serves the PKI's leaf to a client naming a.trawl.test and
+// its self-signed certificate to any other.
+func startSNIServer(t *testing.T, p *testPKI) *server {
+	t.Helper()
+	return startTLSServer(t, &tls.Config{
 		MinVersion: tls.VersionTLS12,
 		GetCertificate: func(hi *tls.ClientHelloInfo) (*tls.Certificate, error) {
 			if hi.ServerName == "a.trawl.test" {
@@ -205,6 +207,11 @@ func TestProbeSNI(t *testing.T) {
 			return &p.self, nil
 		},
 	})
+}
+
+func TestProbeSNI(t *testing.T) {
+	p := newTestPKI(t)
+	srv := startSNIServer(t, p)
 	cases := []struct {
 		sni       string
 		wantSHA   string
@@ -241,27 +248,15 @@ func TestProbeSNI(t *testing.T) {
 // name as SNI and in the certificate check; --ssl.sni overrides it.
 func TestProbeSendsTheTargetsHostname(t *testing.T) {
 	p := newTestPKI(t)
-	srv := startTLSServer(t, &tls.Config{
-		MinVersion: tls.VersionTLS12,
-		GetCertificate: func(hi *tls.ClientHelloInfo) (*tls.Certificate, error) {
-			if hi.ServerName == "a.trawl.test" {
-				return &p.leaf, nil
-			}
-			return &p.self, nil
-		},
-	})
+	srv := startSNIServer(t, p)
 	for _, tc := range []struct {
 		cfgSNI, hostname, wantName, wantSHA string
 	}{
 		{"", "a.trawl.test", "a.trawl.test", sha256Hex(p.leafDER)},
 		{"other.trawl.test", "a.trawl.test", "other.trawl.test", sha256Hex(p.selfDER)},
 	} {
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		res, err := testModule(Config{SNI: tc.cfgSNI}, p.roots).Probe(ctx, probes.Target{IP: "127.0.0.1", Port: srv.port, Protocol: "tcp", Hostname: tc.hostname})
-		cancel()
-		if err != nil {
-			t.Fatal(err)
-		}
+		res := probeTargetOK(t, testModule(Config{SNI: tc.cfgSNI}, p.roots),
+			probes.Target{IP: "127.0.0.1", Port: srv.port, Protocol: "tcp", Hostname: tc.hostname})
 		ci, ok := res.Data["cert_info"].(*CertInfo)
 		if !ok || len(ci.CertificateChain) == 0 {
 			t.Fatalf("no cert_info: %s %s", res.Status, res.Error)
