@@ -652,7 +652,7 @@ func TestEndToEndRawScanCLI(t *testing.T) {
 	if err := testbed.Available(false); err != nil {
 		t.Skipf("skipping: %v", err)
 	}
-	tb := testbed.New(t, testbed.Config{Block: "198.18.0.0/26", OpenPorts: []uint16{22, 80}, DropScannerRST: "40000-40999"})
+	tb := testbed.New(t, testbed.Config{Block: "198.18.0.0/26", OpenPorts: []uint16{22, 80}})
 	bin := buildTrawl(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()

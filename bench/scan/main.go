@@ -431,7 +431,8 @@ func (b *bench) header(ctx context.Context, block netip.Prefix, sparseN int, env
 		fmt.Sprintf("bench-scan %s, %d CPUs, kernel %s", time.Now().UTC().Format(time.RFC3339), runtime.NumCPU(), firstLine(ctx, "uname", "-r")),
 		fmt.Sprintf("testbed: %s behind a veth (offloads off when ethtool is present); dense: every host answers; sparse: %d hosts (%.2f%%) answer, the rest drop probes silently",
 			block, sparseN, 100*float64(sparseN)/float64(int(1)<<(32-block.Bits()))),
-		fmt.Sprintf("kernel RSTs to SYN-ACKs: dropped for every tool alike (nftables in the scanner namespace, source ports %s; trawl %s, masscan %s, zmap %s, nmap %s)",
+		fmt.Sprintf("kernel RSTs to SYN-ACKs: dropped for every tool alike (nftables output rule in the scanner namespace, source ports %s; trawl %s, masscan %s, zmap %s, nmap %s); "+
+			"trawl also keeps the scanner's kernel from seeing its replies at all (its default --raw.guard-host-stack); the targets answer with SYN cookies",
 			dropRSTPorts, trawlPorts, masscanPorts, zmapPorts, nmapPort),
 		fmt.Sprintf("cooldown %ds for every tool (trawl %s, masscan --wait, zmap -c; nmap has none); %s pause before every run; tools alternate, each rate starting with the next tool",
 			env.CooldownSecs, map[bool]string{true: "--cooldown", false: "its fixed 1s"}[env.TrawlCooldown], b.cfg.Settle),

@@ -15,12 +15,14 @@ const (
 
 	// Each tool scans from its own source ports (masscan wants a power of
 	// two), so late replies to one run never reach the next tool's filter;
-	// the scanner kernel's RSTs from all of them are dropped alike.
-	trawlPorts   = "40960-41983"
+	// the scanner kernel's RSTs from all of them are dropped alike. trawl's
+	// lie above the ephemeral range, as its default does, so that it keeps
+	// the scanner's kernel from seeing its replies (--raw.guard-host-stack).
+	trawlPorts   = "61440-62463"
 	masscanPorts = "41984-43007"
 	zmapPorts    = "43008-44031"
 	nmapPort     = "44032"
-	dropRSTPorts = "40960-44032"
+	dropRSTPorts = "41984-44032," + trawlPorts
 
 	// "Unlimited" for tools that need a number: far above what a host sends.
 	unlimitedTrawl   = 1_000_000_000

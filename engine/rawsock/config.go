@@ -27,20 +27,27 @@ type Config struct {
 	QdiscBypass bool // PACKET_QDISC_BYPASS: skip the qdisc (frames are dropped, not queued, when the driver is full)
 	RecvBuffer  int  // receive socket buffer in bytes (SO_RCVBUFFORCE as root)
 	SendThreads int  // threads sending at once, each with its own socket
+	// GuardHostStack keeps the host's TCP stack from seeing the scan's
+	// replies (and answering each SYN-ACK with a RST) through an nftables
+	// table that lives as long as the transport; see hostGuard. Skipped,
+	// with a warning, where it cannot be installed safely.
+	GuardHostStack bool
 }
 
 // maxSendThreads bounds --raw.send-threads: more threads than cores only
 // contend.
 const maxSendThreads = 64
 
-// DefaultConfig returns the defaults RegisterFlags sets. Two send threads
+// DefaultConfig returns the defaults RegisterFlags sets. The source ports
+// lie above Linux's default ephemeral range (32768-60999), so the host
+// stack guard can be installed. Two send threads
 // where there are two cores: on a dense scan each reply costs the kernel
 // more on the sending core than the probe did, and a second thread roughly
 // doubles a sparse scan's rate; the receive ring absorbs the time the
 // receiver loses to them.
 func DefaultConfig() Config {
-	return Config{SourcePorts: "40000-40999", TTL: 64, Window: 1024, RecvBuffer: 64 << 20,
-		SendThreads: min(2, runtime.NumCPU())}
+	return Config{SourcePorts: "61000-61999", TTL: 64, Window: 1024, RecvBuffer: 64 << 20,
+		SendThreads: min(2, runtime.NumCPU()), GuardHostStack: true}
 }
 
 // RegisterFlags registers the raw transport's flags under prefix.
@@ -56,6 +63,8 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet, prefix string) {
 	fs.BoolVar(&c.QdiscBypass, prefix+"qdisc-bypass", c.QdiscBypass, "raw transport: bypass the interface's qdisc (PACKET_QDISC_BYPASS)")
 	fs.IntVar(&c.RecvBuffer, prefix+"recv-buffer", c.RecvBuffer, "raw transport: receive buffer in bytes")
 	fs.IntVar(&c.SendThreads, prefix+"send-threads", c.SendThreads, "raw transport: threads sending probes at once")
+	fs.BoolVar(&c.GuardHostStack, prefix+"guard-host-stack", c.GuardHostStack,
+		"raw transport: drop the scan's replies before the host's TCP stack (nftables, removed on exit) so it sends no RSTs; needs source ports outside the ephemeral range")
 }
 
 // Validate checks the config without touching the network.

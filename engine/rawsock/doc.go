@@ -11,14 +11,7 @@
 // acknowledging that sequence + 1. The key is random per transport.
 //
 // The scanner host's kernel sees the SYN-ACKs too and, having no socket
-// for them, answers each with a RST. That costs CPU on a dense scan and
-// tells the target to drop the half-open connection, but does not change
-// the results. This package does not touch the firewall: to suppress those
-// RSTs, drop outgoing RSTs from the scan's source ports, e.g.
-//
-//	nft add table inet trawl
-//	nft add chain inet trawl out '{ type filter hook output priority 0; }'
-//	nft add rule inet trawl out tcp sport 40000-40999 tcp flags rst drop
-//
-// (the testbed installs this in its scanner namespace on request).
+// for them, answers each with a RST. Unless told not to, the transport
+// keeps replies to its source ports away from the host's stack with an
+// nftables table of its own, removed with it (hoststack_linux.go).
 package rawsock

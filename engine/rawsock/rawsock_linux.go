@@ -38,7 +38,8 @@ type Transport struct {
 	tmpl   *template
 	dec    *decoder
 	rxFd   int
-	ring   *rxRing // nil: the receive loop reads with recvfrom
+	ring   *rxRing    // nil: the receive loop reads with recvfrom
+	guard  *hostGuard // nil: the host's stack sees the replies
 
 	sendMu  sync.Mutex // guards senders and lanes
 	senders []*sender  // one per send thread
@@ -48,6 +49,7 @@ type Transport struct {
 	started bool
 	closed  bool
 	stop    atomic.Bool
+	stopRx  func() // ends the receive loop (set by Start)
 	ctxDone <-chan struct{}
 	rxDone  chan struct{}
 	onReply func(engine.Reply)
@@ -87,10 +89,15 @@ func New(cfg Config, log zerolog.Logger) (*Transport, error) {
 		t.closeFds()
 		return nil, fmt.Errorf("cannot create raw transport: %w", err)
 	}
+	if cfg.GuardHostStack {
+		if t.guard, err = guardHostStack(res.ifi.Index, res.src, lo, hi); err != nil {
+			log.Warn().Err(err).Msg("raw transport: the host's TCP stack will answer each SYN-ACK with a RST")
+		}
+	}
 	if len(t.senders) > 1 {
 		t.lanes = startLanes(t, t.senders)
 	}
-	log.Info().Int("send_threads", len(t.senders)).Str("interface", res.ifi.Name).Str("source_ip", res.src.String()).
+	log.Info().Int("send_threads", len(t.senders)).Bool("host_stack_guard", t.guard != nil).Str("interface", res.ifi.Name).Str("source_ip", res.src.String()).
 		Str("gateway_mac", res.dstMAC.String()).Str("source_ports", cfg.SourcePorts).Msg("raw transport ready")
 	return t, nil
 }
@@ -154,7 +161,8 @@ func (t *Transport) Start(ctx context.Context, onReply func(engine.Reply)) error
 	if t.lanes != nil {
 		context.AfterFunc(ctx, t.lanes.cancel)
 	}
-	context.AfterFunc(ctx, func() { t.stop.Store(true) })
+	t.stopRx = t.stopReceiving(t.ring)
+	context.AfterFunc(ctx, t.stopRx)
 	go t.receive()
 	return nil
 }
@@ -178,6 +186,19 @@ func (t *Transport) isClosed() bool {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	return t.closed
+}
+
+// stopReceiving returns what tells the receive loop to end: it also wakes
+// the loop if it waits on ring (recvfrom notices within recvTimeout). It
+// holds ring itself, since t.ring is cleared when the ring is released, and
+// waking a released ring does nothing.
+func (t *Transport) stopReceiving(ring *rxRing) func() {
+	return func() {
+		t.stop.Store(true)
+		if ring != nil {
+			ring.wake()
+		}
+	}
 }
 
 // receive reads replies until stopped; the socket's timeout bounds how
@@ -253,7 +274,7 @@ func (t *Transport) Close(cooldown time.Duration) error {
 		case <-t.ctxDone:
 		}
 		timer.Stop()
-		t.stop.Store(true)
+		t.stopRx()
 		<-t.rxDone
 	}
 	t.sendMu.Lock()
@@ -266,6 +287,10 @@ func (t *Transport) closeFds() error {
 	if err := t.releaseRing(); err != nil {
 		errs = append(errs, err)
 	}
+	if err := t.guard.release(); err != nil {
+		errs = append(errs, err)
+	}
+	t.guard = nil
 	fds := []*int{&t.rxFd}
 	for _, sd := range t.senders {
 		fds = append(fds, &sd.fd)

@@ -23,7 +23,7 @@ const (
 	ringMinBytes  = 4 * ringBlockSize
 	// ringRetireMs is how long the kernel keeps a partly filled block before
 	// handing it over, the ring's added latency at a low reply rate.
-	ringRetireMs = 8
+	ringRetireMs = 32
 )
 
 // ringVersion is the TPACKET version asked for; a test sets an invalid one
@@ -125,17 +125,15 @@ func (r *rxRing) blockStatus() *uint32 {
 	return (*uint32)(unsafe.Pointer(&r.mem[r.current*ringBlockSize+blockStatusOff]))
 }
 
-// next hands back the current block's frames: it returns the block once
-// the kernel has released it to user space, else nil after waiting up to
-// recvTimeout (how long a stop may go unnoticed, as for recvfrom). done
+// next hands back the current block's frames once the kernel has released
+// it to user space; it returns nil when woken by wake before that. done
 // must be called before the next call.
 func (r *rxRing) next() ([]byte, error) {
 	if !r.ready() {
-		if err := r.waiter.SetReadDeadline(time.Now().Add(recvTimeout)); err != nil {
-			return nil, fmt.Errorf("cannot wait on the receive ring: %w", err)
-		}
 		// Read calls the function, and waits for the socket to become
-		// readable each time it says the block is not ready yet
+		// readable each time it says the block is not ready yet. No
+		// deadline: a stop wakes it (wake), so an idle scan costs no
+		// periodic wakeups.
 		err := r.conn.Read(func(uintptr) bool { return r.ready() })
 		if err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
 			return nil, fmt.Errorf("cannot wait on the receive ring: %w", err)
@@ -145,6 +143,13 @@ func (r *rxRing) next() ([]byte, error) {
 		}
 	}
 	return r.mem[r.current*ringBlockSize : (r.current+1)*ringBlockSize], nil
+}
+
+// wake ends next's wait now and every later one at once (a deadline in the
+// past), so a receiver that sees a stop flag set before wake never sleeps
+// through it. Safe to call from any goroutine, more than once.
+func (r *rxRing) wake() {
+	_ = r.waiter.SetReadDeadline(time.Unix(1, 0))
 }
 
 // ready reports whether the kernel has released the current block.

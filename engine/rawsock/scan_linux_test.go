@@ -5,6 +5,11 @@ import (
 	"errors"
 	"net"
 	"net/netip"
+	"os"
+	"os/exec"
+	"slices"
+	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -299,5 +304,100 @@ func BenchmarkSend(b *testing.B) {
 		if err := tr.Send(ctx, batch); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// tcpOutRsts reads the scanner namespace's count of RSTs its TCP stack
+// sent (/proc/thread-self: /proc/net would show the process's namespace).
+func tcpOutRsts(t *testing.T, tb *testbed.Testbed) int {
+	t.Helper()
+	var snmp []byte
+	if err := tb.InScanner(func() (err error) {
+		snmp, err = os.ReadFile("/proc/thread-self/net/snmp")
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, line := range strings.Split(string(snmp), "\n") {
+		f := strings.Fields(line)
+		if len(f) == 0 || f[0] != "Tcp:" {
+			continue
+		}
+		if names == nil {
+			names = f
+			continue
+		}
+		if i := slices.Index(names, "OutRsts"); i > 0 && i < len(f) {
+			n, err := strconv.Atoi(f[i])
+			if err != nil {
+				t.Fatalf("OutRsts %q: %v", f[i], err)
+			}
+			return n
+		}
+	}
+	t.Fatalf("no Tcp OutRsts in /proc/net/snmp:\n%s", snmp)
+	return 0
+}
+
+// trawlTables lists the scanner namespace's nftables tables made by trawl.
+func trawlTables(t *testing.T, tb *testbed.Testbed) []string {
+	t.Helper()
+	out, err := tb.Command(context.Background(), tb.ScannerNS, "nft", "list", "tables").CombinedOutput()
+	if err != nil {
+		t.Fatalf("nft list tables: %v\n%s", err, out)
+	}
+	var tables []string
+	for _, line := range strings.Split(string(out), "\n") {
+		if strings.Contains(line, " trawl_") {
+			tables = append(tables, strings.TrimSpace(line))
+		}
+	}
+	return tables
+}
+
+// The host stack guard keeps the scanner namespace's TCP stack from seeing
+// the scan's replies: it sends no RST while every open port is still found,
+// and its table exists exactly while the transport does. Off, or with
+// source ports in the ephemeral range (refused), the stack answers every
+// SYN-ACK with a RST.
+func TestGuardHostStack(t *testing.T) {
+	tb := testbed.New(t, testbed.Config{Block: "198.18.0.0/26", OpenPorts: []uint16{80, 443}})
+	if _, err := exec.LookPath("nft"); err != nil {
+		t.Skip("skipping: nft not installed (Debian: nftables)")
+	}
+	for _, tc := range []struct {
+		name, ports string
+		guard       bool
+	}{
+		{"guarded", "61000-61099", true},
+		{"off", "61000-61099", false},
+		{"ephemeral ports refused", "40000-40099", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := rawsock.DefaultConfig()
+			cfg.SourcePorts, cfg.GuardHostStack = tc.ports, tc.guard
+			before := tcpOutRsts(t, tb)
+			tr := newInScanner(t, tb, cfg)
+			guarded := tc.guard && tc.ports == "61000-61099"
+			if tables := trawlTables(t, tb); len(tables) != map[bool]int{true: 1, false: 0}[guarded] {
+				t.Errorf("trawl tables while scanning: %q", tables)
+			}
+			found, _ := scanTestbed(t, tr, "198.18.0.0/26", []string{"80", "443", "8080"}, 20000)
+			checkTruth(t, tb, found)
+			if err := tr.Close(0); err != nil {
+				t.Fatalf("Close: %v", err)
+			}
+			rsts := tcpOutRsts(t, tb) - before
+			if guarded && rsts != 0 {
+				t.Errorf("the guarded stack sent %d RSTs", rsts)
+			}
+			if !guarded && rsts < len(tb.Open()) {
+				t.Errorf("the unguarded stack sent %d RSTs, want one per open port (%d) at least", rsts, len(tb.Open()))
+			}
+			if tables := trawlTables(t, tb); len(tables) != 0 {
+				t.Errorf("trawl tables left after Close: %q", tables)
+			}
+		})
 	}
 }

@@ -10,8 +10,9 @@
 #   testbed.sh sparse <name> <block> <file> targets' side drops probes to
 #                                           every block address not in <file>
 #                                           (one address a line; nftables)
-#   testbed.sh droprst <name> <lo-hi>       scanner's side drops its kernel's
-#                                           RSTs from source ports lo-hi
+#   testbed.sh droprst <name> <ranges>      scanner's side drops its kernel's
+#                                           RSTs from source ports in ranges
+#                                           (lo-hi[,lo-hi...])
 #   testbed.sh down <name>                  delete both namespaces (idempotent)
 #
 # The link uses 198.19.255.1/30 (scanner) and 198.19.255.2/30 (targets);
@@ -39,11 +40,17 @@ up() {
   ip -n "$ns_s" route add default via "$target_ip" dev "$if_s"
   ip -n "$ns_t" route add local "$block" dev lo
   # the targets' kernel answers for the whole block: room for many
-  # half-open connections, and SYN-ACKs are not retransmitted for long
+  # half-open connections, and SYN-ACKs are not retransmitted for long.
+  # SYN cookies always: the targets keep no half-open state, so a run
+  # starts from the same state whatever ran before it (a SYN queue left
+  # full or empty by the previous run changed the targets' cost per probe,
+  # all of it on the scanner's cores, by a third) and no SYN-ACK is
+  # retransmitted into the next run
   ip netns exec "$ns_t" sh -c '
     echo 65535 > /proc/sys/net/core/somaxconn
     echo 262144 > /proc/sys/net/ipv4/tcp_max_syn_backlog
-    echo 1 > /proc/sys/net/ipv4/tcp_synack_retries'
+    echo 1 > /proc/sys/net/ipv4/tcp_synack_retries
+    echo 2 > /proc/sys/net/ipv4/tcp_syncookies'
   if command -v ethtool >/dev/null; then
     for pair in "$ns_s $if_s" "$ns_t $if_t"; do
       set -- $pair
@@ -80,7 +87,7 @@ droprst() {
   ip netns exec "$name-s" nft -f - <<NFT
 table inet testbed {
   chain out { type filter hook output priority 0; policy accept;
-    tcp sport $ports tcp flags & rst == rst drop
+    tcp sport { $ports } tcp flags & rst == rst drop
   }
 }
 NFT
@@ -97,7 +104,7 @@ cmd=$1; shift
 case "$cmd" in
   up) [ $# -eq 2 ] || die "usage: testbed.sh up <name> <block>"; up "$@" ;;
   sparse) [ $# -eq 3 ] || die "usage: testbed.sh sparse <name> <block> <file>"; sparse "$@" ;;
-  droprst) [ $# -eq 2 ] || die "usage: testbed.sh droprst <name> <lo-hi>"; droprst "$@" ;;
+  droprst) [ $# -eq 2 ] || die "usage: testbed.sh droprst <name> <lo-hi[,lo-hi...]>"; droprst "$@" ;;
   down) down "$1" ;;
   *) die "unknown command $cmd" ;;
 esac
