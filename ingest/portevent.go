@@ -1,8 +1,6 @@
 package ingest
 
 import (
-	"crypto/sha256"
-	"encoding/hex"
 	"net/netip"
 	"strconv"
 )
@@ -53,12 +51,11 @@ func (p *PortEvents) Append(dst []byte, ip netip.Addr, port uint16, src netip.Ad
 	portEnd := len(h)
 	h = append(h, 0)
 	p.scratch = h
-	sum := sha256.Sum256(h)
 
 	dst = append(dst, `{"v":`...)
 	dst = strconv.AppendInt(dst, SchemaVersion, 10)
-	dst = append(dst, `,"record_id":"rec_`...)
-	dst = hex.AppendEncode(dst, sum[:16])
+	dst = append(dst, `,"record_id":"`...)
+	dst = appendRecordID(dst, h)
 	dst = append(dst, p.origin...)
 	dst = strconv.AppendInt(dst, ts, 10)
 	if src.IsValid() {

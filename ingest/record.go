@@ -295,9 +295,18 @@ func RecordID(parts ...string) string {
 		in = append(in, p...)
 		in = append(in, 0)
 	}
+	// the id may overwrite in: appendRecordID hashes in first
+	return string(appendRecordID(buf[:0], in))
+}
+
+// appendRecordID appends the record id of hash input in (its parts, each
+// followed by a zero byte) to dst: "rec_" and the first 16 bytes of its
+// SHA-256 in hex; dst may share in's memory. RecordID and PortEvents both
+// build ids with it.
+func appendRecordID(dst, in []byte) []byte {
 	sum := sha256.Sum256(in)
-	out := append(buf[:0], "rec_"...)
-	return string(hex.AppendEncode(out, sum[:16]))
+	dst = append(dst, "rec_"...)
+	return hex.AppendEncode(dst, sum[:16])
 }
 
 // PeekOrigin returns origin.type and origin.module of an event as Encode

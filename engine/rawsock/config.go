@@ -40,13 +40,13 @@ const maxSendThreads = 64
 
 // DefaultConfig returns the defaults RegisterFlags sets. The source ports
 // lie above Linux's default ephemeral range (32768-60999), so the host
-// stack guard can be installed. Two send threads
-// where there are two cores: on a dense scan each reply costs the kernel
-// more on the sending core than the probe did, and a second thread roughly
-// doubles a sparse scan's rate; the receive ring absorbs the time the
-// receiver loses to them. A 16 MiB ring holds about a third of a second of
-// replies at the fastest dense rate measured here (340k/s) and lost none
-// there; allocating a larger one cost a scan ~10 ms of CPU at start.
+// stack guard can be installed. Two send threads where there are two
+// cores: on a dense scan each reply costs the kernel more on the sending
+// core than the probe did, and a second thread roughly doubles a sparse
+// scan's rate; the receive ring absorbs the time the receiver loses to
+// them. A 16 MiB ring holds about a third of a second of replies at the
+// fastest dense rate measured here (340k/s) and lost none there;
+// allocating a larger one cost a scan ~10 ms of CPU at start.
 func DefaultConfig() Config {
 	return Config{SourcePorts: "61000-61999", TTL: 64, Window: 1024, RecvBuffer: 16 << 20,
 		SendThreads: min(2, runtime.NumCPU()), GuardHostStack: true}

@@ -85,19 +85,22 @@ func newRxRing(fd, recvBuffer int) (*rxRing, error) {
 	}
 	mem, err := unix.Mmap(fd, 0, blocks*ringBlockSize, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
 	if err != nil {
-		// A ring nobody maps would swallow every frame: remove it.
-		off := unix.TpacketReq3{}
-		_ = unix.SetsockoptTpacketReq3(fd, unix.SOL_PACKET, unix.PACKET_RX_RING, &off)
+		removeRing(fd)
 		return nil, fmt.Errorf("cannot map the receive ring: %w", err)
 	}
 	r := &rxRing{fd: fd, mem: mem, blocks: blocks}
 	if err := r.openWaiter(); err != nil {
 		_ = unix.Munmap(mem)
-		off := unix.TpacketReq3{}
-		_ = unix.SetsockoptTpacketReq3(fd, unix.SOL_PACKET, unix.PACKET_RX_RING, &off)
+		removeRing(fd)
 		return nil, err
 	}
 	return r, nil
+}
+
+// removeRing takes a ring nobody walks off fd: it would swallow every frame.
+func removeRing(fd int) {
+	off := unix.TpacketReq3{}
+	_ = unix.SetsockoptTpacketReq3(fd, unix.SOL_PACKET, unix.PACKET_RX_RING, &off)
 }
 
 // openWaiter registers a non-blocking duplicate of the socket with the
